@@ -1,0 +1,145 @@
+"""`moda` command line: generate | prepare | train | evaluate.
+
+Errors a user can act on are printed as one line (``error: ...``) with a non-zero exit
+status; ``--debug`` shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_MODEL = os.environ.get("MODA_MODEL", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "pretrained", "moda-base"))
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="animate a portrait with speech or text")
+    p.add_argument("--image", required=True, help="portrait image file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="speech file (wav, mp3, m4a, flac, ogg, webm, or a video)")
+    src.add_argument("--text", help="text spoken by espeak-ng")
+    p.add_argument("--out", default="outputs/moda.mp4", help="output MP4 path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder or Hub id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--size", type=int, default=None, help="256 or 512 face crop, 0 = full image")
+    p.add_argument("--mouth-scale", type=float, default=1.0)
+    p.add_argument("--head-motion-scale", type=float, default=1.0)
+    p.add_argument("--blink-rate", type=float, default=17.0, help="blinks per minute")
+    p.add_argument("--still", action="store_true", help="head still, blinks and lips kept")
+    p.add_argument("--face-index", type=int, default=None, help="face left to right; default the largest")
+    p.add_argument("--voice", default="en-us")
+    p.add_argument("--speech-rate", type=int, default=165)
+    p.add_argument("--landmarks", help="also save landmarks and motion to this .npz")
+
+
+def _generate(args):
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from .pipeline import ModaPipeline
+
+    pipe = ModaPipeline.from_pretrained(args.model)
+    if args.seed < 0 or args.seed >= 2 ** 63:
+        from .errors import InvalidParameterError
+        raise InvalidParameterError(f"--seed {args.seed} is out of range — use 0 .. 2**63-1")
+    bar = tqdm(total=100, desc="moda", unit="%", disable=None)
+
+    def progress(stage, fraction):
+        bar.set_description(stage)
+        bar.update(int(fraction * 100) - bar.n)
+
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(image=args.image, audio=args.audio, text=args.text, voice=args.voice,
+               speech_rate=args.speech_rate, generator=torch.Generator().manual_seed(args.seed),
+               temperature=args.temperature, mouth_scale=args.mouth_scale,
+               head_motion_scale=args.head_motion_scale, blink_rate=args.blink_rate, still=args.still,
+               fps=args.fps, face_index=args.face_index, output_size=args.size, output_type="mp4",
+               output_path=args.out, callback=progress)
+    bar.close()
+    if args.landmarks:
+        np.savez_compressed(args.landmarks, landmarks=out.landmarks, fps=out.fps, **out.motion)
+    print(out.video_path)
+
+
+def _add_prepare(sub):
+    p = sub.add_parser("prepare", help="build training data")
+    psub = p.add_subparsers(dest="what", required=True)
+    s = psub.add_parser("synthetic", help="synthetic espeak-ng speech-motion corpus")
+    s.add_argument("--hours", type=float, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+
+def _prepare(args):
+    if args.what == "synthetic":
+        from .data.synthetic import build_corpus
+        build_corpus(args.out, hours=args.hours, seed=args.seed, workers=args.workers)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a stage (runs under `accelerate launch` too)")
+    p.add_argument("--stage", choices=["moda", "composer"], required=True)
+    p.add_argument("--data", required=True, help="corpus folder (moda prepare ...)")
+    p.add_argument("--out", required=True, help="output folder for the component")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="start from this pipeline or component folder")
+
+
+def _train(args):
+    from .training import train_stage
+    train_stage(args.stage, args.data, args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
+                init=args.init)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="lip-sync and motion metrics; prints a table, writes JSON")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default=None, help="synthetic corpus (held-out voices)")
+    p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"))
+    p.add_argument("--out", default="outputs/eval.json")
+
+
+def _evaluate(args):
+    from .evaluation import evaluate
+    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out)
+
+
+COMMANDS = {"generate": (_add_generate, _generate), "prepare": (_add_prepare, _prepare),
+            "train": (_add_train, _train), "evaluate": (_add_evaluate, _evaluate)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moda", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+    from .errors import ModaError
+    try:
+        COMMANDS[args.command][1](args)
+    except ModaError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

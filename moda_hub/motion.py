@@ -1,0 +1,55 @@
+"""Motion post-processing between stage 1 and stage 2: user controls and frame-rate resampling.
+
+Motion is a dict of numpy arrays (see ``moda_hub.models.moda``): ``lip`` (T, 40, 3) and
+``eye`` (T, 60, 3) canonical-unit offsets, ``head`` (T, 7) pose offsets [degrees x3,
+canonical units x3, log-scale], ``torso`` (T, 2) canonical units.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+Motion = Dict[str, np.ndarray]
+
+
+def resample_motion(motion: Motion, src_fps: float, dst_fps: float, num_frames: int) -> Motion:
+    """Linear resampling in time from ``src_fps`` to ``num_frames`` frames at ``dst_fps``.
+
+    Frame k of the output sits at time k / dst_fps seconds; times past the last source frame
+    hold its value.
+    """
+    out = {}
+    for name, x in motion.items():
+        T = x.shape[0]
+        t = np.arange(num_frames) * (src_fps / dst_fps)
+        k0 = np.clip(np.floor(t).astype(int), 0, T - 1)
+        k1 = np.clip(k0 + 1, 0, T - 1)
+        w = np.clip(t - k0, 0.0, 1.0).reshape(-1, *([1] * (x.ndim - 1)))
+        out[name] = ((1 - w) * x[k0] + w * x[k1]).astype(np.float32)
+    return out
+
+
+def apply_controls(motion: Motion, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
+                   still: bool = False) -> Motion:
+    """User controls on generated motion.
+
+    mouth_scale: multiplies lip offsets (1 = as generated, 0 = lips still).
+    head_motion_scale: multiplies head-pose and torso offsets.
+    still: head and torso fixed at the portrait's pose; eyes, blinks and lips kept.
+    """
+    out = dict(motion)
+    out["lip"] = motion["lip"] * np.float32(mouth_scale)
+    scale = 0.0 if still else head_motion_scale
+    out["head"] = motion["head"] * np.float32(scale)
+    out["torso"] = motion["torso"] * np.float32(scale)
+    return out
+
+
+def count_blinks(eye_openness: np.ndarray, fps: float, closed_ratio: float = 0.5) -> int:
+    """Blinks in an eye-openness curve (T,): dips below ``closed_ratio`` x the clip's median
+    openness, counted once per dip."""
+    if len(eye_openness) == 0:
+        return 0
+    closed = eye_openness < closed_ratio * np.median(eye_openness)
+    return int(np.sum(closed[1:] & ~closed[:-1]) + closed[0])

@@ -1,0 +1,77 @@
+"""Stage-2 trainer: FacialComposer on (lip, eye, subject) -> dense mesh offset frames.
+
+Written on accelerate like the stage-1 trainer; seeded; safetensors through save_pretrained.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..models.composer import FacialComposer
+from .corpus import DenseFrames
+
+
+def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
+                   seed: int = 0, init: Optional[str] = None, batch_size: int = 256, lr: float = 1e-3,
+                   log_every: int = 100) -> FacialComposer:
+    """Train stage 2 on the dense frames of the corpus in ``data``; save to ``out``."""
+    if minutes is None and steps is None:
+        raise ValueError("give --minutes or --steps")
+    accelerator = Accelerator()
+    set_seed(seed)
+    train, val = DenseFrames(data, "train"), DenseFrames(data, "val")
+    if init:
+        sub = os.path.join(init, "composer")
+        model = FacialComposer.from_pretrained(sub if os.path.isdir(sub) else init)
+    else:
+        model = FacialComposer()
+        model.cond_mean.copy_(torch.from_numpy(train.subjects.reshape(len(train.subjects), -1).mean(0)))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model, opt = accelerator.prepare(model, opt)
+    rng = np.random.default_rng(seed + accelerator.process_index)
+    total = steps or 10 ** 9
+    budget = minutes * 60 if minutes else float("inf")
+    start, est = time.time(), total
+    log = open(os.path.abspath(out) + ".log", "a") if accelerator.is_main_process else None
+    step = 0
+    for step in range(1, total + 1):
+        elapsed = time.time() - start
+        if elapsed > budget:
+            break
+        if minutes and step > 20:
+            est = min(total, int(step * budget / max(elapsed, 1e-6)))
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 100) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / est))))
+        lip, eye, cond, dense = (t.to(accelerator.device) for t in train.batch(rng, batch_size))
+        loss = accelerator.unwrap_model(model).loss(lip, eye, cond, dense)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        if log and step % log_every == 0:
+            line = f"step {step} t {elapsed:.0f}s loss {float(loss):.5f}"
+            print(line, flush=True)
+            log.write(line + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model).eval()
+        with torch.no_grad():
+            lip, eye, cond, dense = val.all()
+            pred = model(lip, eye, cond)
+            err = (pred - dense).norm(dim=-1).mean().item()
+        metrics = {"val_dense_l2": err, "steps": step, "seconds": round(time.time() - start, 1)}
+        line = "final " + json.dumps(metrics)
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.close()
+        model.save_pretrained(out)
+        with open(os.path.abspath(out) + ".metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2)
+    return model

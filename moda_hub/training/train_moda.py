@@ -1,0 +1,162 @@
+"""Stage-1 trainer: ModaModel on a motion corpus, written on accelerate.
+
+Runs as is on one CPU and unchanged under ``accelerate launch`` on several GPUs. Seeded and
+repeatable on a given machine; logs plain lines; saves safetensors through ``save_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..models.moda import ModaModel
+from .corpus import MotionCorpus
+
+PARTS = ("lip", "eye", "head", "torso")
+
+
+class WindowBatches:
+    """Random fixed-length windows from a corpus, as normalised tensors.
+
+    Utterances longer than ``window`` are cropped at a random start; shorter ones are padded
+    (``frame_mask`` marks real frames). Deterministic for a given ``seed``.
+    """
+
+    def __init__(self, corpus: MotionCorpus, model: ModaModel, window: int, batch_size: int, seed: int):
+        self.corpus, self.model, self.window, self.batch_size = corpus, model, window, batch_size
+        self.rng = np.random.default_rng(seed)
+        lengths = np.array([len(u["features"]) for u in corpus.utterances], float)
+        self.prob = lengths / lengths.sum()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        W, B = self.window, self.batch_size
+        F = self.corpus.utterances[0]["features"].shape[1]
+        feats = np.zeros((B, W, F), np.float32)
+        parts = {p: np.zeros((B, W, self.model.part_dims[p]), np.float32) for p in PARTS}
+        mask = np.zeros((B, W), np.float32)
+        cond = np.zeros((B, self.model.config.cond_dim), np.float32)
+        extra = np.zeros((B, self.model.config.extra_cond_dim), np.float32)
+        for b, i in enumerate(self.rng.choice(len(self.prob), size=B, p=self.prob)):
+            u = self.corpus.utterances[i]
+            T = len(u["features"])
+            s = int(self.rng.integers(0, max(1, T - W + 1)))
+            n = min(W, T - s)
+            feats[b, :n] = u["features"][s:s + n]
+            for p in PARTS:
+                parts[p][b, :n] = u[p][s:s + n].reshape(n, -1)
+            mask[b, :n] = 1
+            cond[b] = self.corpus.subjects[u["subject"]].reshape(-1)
+            extra[b, 0] = u["blink_rate"] / 20.0
+        to = torch.from_numpy
+        targets = {p: self.model.normalize(p, to(parts[p])) * to(mask)[..., None] for p in PARTS}
+        return to(feats), to(cond), to(extra), targets, to(mask)
+
+
+def corpus_statistics(corpus: MotionCorpus) -> dict:
+    """Per-channel mean/std of each motion part over the training utterances, and of the
+    subject meshes ("cond")."""
+    stats = {}
+    for p in PARTS:
+        x = np.concatenate([u[p].reshape(len(u[p]), -1) for u in corpus.utterances]).astype(np.float64)
+        stats[p] = (x.mean(0), x.std(0) + 1e-4)
+    subj = corpus.subjects.reshape(len(corpus.subjects), -1).astype(np.float64)
+    stats["cond"] = (subj.mean(0), subj.std(0) + 1e-3)
+    return stats
+
+
+@torch.no_grad()
+def validate(model: ModaModel, corpus: MotionCorpus, max_utterances: int = 64) -> dict:
+    """Mean lip error (canonical units) on validation utterances, teacher-free (prior samples)."""
+    model.eval()
+    errs = []
+    gen = torch.Generator().manual_seed(0)
+    for u in corpus.utterances[:max_utterances]:
+        out = model.generate(torch.from_numpy(u["features"].astype(np.float32)),
+                             torch.from_numpy(corpus.subjects[u["subject"]].reshape(-1)),
+                             torch.tensor([u["blink_rate"] / 20.0]), generator=gen)
+        lip = out["lip"].numpy()
+        errs.append(np.linalg.norm(lip - u["lip"].reshape(lip.shape), axis=-1).mean())
+    model.train()
+    return {"val_lip_l2": float(np.mean(errs))}
+
+
+def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
+               seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
+               lr: float = 1e-3, log_every: int = 50, model_kwargs: Optional[dict] = None) -> ModaModel:
+    """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
+
+    minutes / steps: stop at whichever comes first (at least one must be given).
+    init: a pipeline folder (its ``moda/`` subfolder is used) or a component folder to start from.
+    """
+    if minutes is None and steps is None:
+        raise ValueError("give --minutes or --steps")
+    accelerator = Accelerator()
+    set_seed(seed)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    train = MotionCorpus(data, "train")
+    val = MotionCorpus(data, "val")
+    if init:
+        sub = os.path.join(init, "moda")
+        model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)
+    else:
+        model = ModaModel(audio_dim=train.feature_dim, fps=train.fps, **(model_kwargs or {}))
+        model.set_statistics(corpus_statistics(train))
+    batches = WindowBatches(train, model, window, batch_size, seed + accelerator.process_index)
+    total_steps = steps or 10 ** 9
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model, opt = accelerator.prepare(model, opt)
+    start = time.time()
+    log = None
+    if accelerator.is_main_process:                    # logs beside, not inside, the weights folder
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        log = open(os.path.abspath(out) + ".log", "a")
+    step, budget = 0, (minutes * 60 if minutes else float("inf"))
+    est_steps = total_steps
+    for step in range(1, total_steps + 1):
+        elapsed = time.time() - start
+        if elapsed > budget:
+            break
+        if minutes and step > 20:                       # cosine schedule over the time budget
+            est_steps = min(total_steps, int(step * budget / max(elapsed, 1e-6)))
+        frac = min(1.0, step / max(est_steps, 1))
+        for g in opt.param_groups:
+            g["lr"] = lr * (min(1.0, step / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))))
+        feats, cond, extra, targets, mask = next(batches)
+        dev = accelerator.device
+        kl_weight = 0.01 * min(1.0, step / 1000)        # KL warm-up
+        losses = accelerator.unwrap_model(model).loss(
+            feats.to(dev), cond.to(dev), extra.to(dev), {k: v.to(dev) for k, v in targets.items()},
+            frame_mask=mask.to(dev), kl_weight=kl_weight)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log and step % log_every == 0:
+            line = f"step {step} t {time.time() - start:.0f}s " + " ".join(
+                f"{k} {float(v):.4f}" for k, v in losses.items())
+            print(line, flush=True)
+            log.write(line + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
+        metrics = validate(model, val)
+        metrics.update(steps=step, seconds=round(time.time() - start, 1))
+        line = "final " + json.dumps(metrics)
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.close()
+        model.save_pretrained(out)
+        with open(os.path.abspath(out) + ".metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2)
+    return model
