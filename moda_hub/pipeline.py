@@ -15,7 +15,8 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .audio import audio_features, load_audio, synthesize_speech
+from .audio import load_audio, synthesize_speech
+from .features import speech_features
 from .errors import InvalidParameterError
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
@@ -122,7 +123,7 @@ class ModaPipeline(DiffusionPipeline):
         duration = len(wav) / SAMPLE_RATE
         # 3. audio features at the model's frame rate
         model_fps = self.moda.config.fps
-        feats = torch.from_numpy(audio_features(wav, SAMPLE_RATE, fps=model_fps))
+        feats = torch.from_numpy(speech_features(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features))
         # 4. stage 1: motion, one forward pass (windowed for long clips)
         report("motion", 0.2)
         cond = torch.from_numpy(subject.canonical.reshape(-1))

@@ -198,7 +198,9 @@ class ModaModel(ModelMixin, ConfigMixin):
     """MODA stage 1: audio features + subject condition -> lip, eye, head and torso motion.
 
     Args:
-        audio_dim (int, default 80): features per frame (``moda_hub.audio.audio_features``).
+        features (str, default "logmel+phones"): the input features the model was trained on
+            (``moda_hub.features.speech_features`` kind).
+        audio_dim (int, default 93): feature columns per frame.
         cond_dim (int, default 1434): the subject's canonical mesh, flattened (478 * 3).
         dim (int, default 160): transformer width.
         n_heads (int, default 4), n_layers (int, default 2): per decoder.
@@ -216,7 +218,7 @@ class ModaModel(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, audio_dim: int = 80, cond_dim: int = 1434, dim: int = 160, n_heads: int = 4,
+    def __init__(self, features: str = "logmel+phones", audio_dim: int = 93, cond_dim: int = 1434, dim: int = 160, n_heads: int = 4,
                  n_layers: int = 2, ff_mult: int = 2, latent_dim: int = 8, latent_stride: int = 5,
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
                  window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1):

@@ -47,14 +47,16 @@ def blink_rate_of(params: np.ndarray, fps: float) -> float:
 class MotionCorpus:
     """Stage-1 utterances of one split.
 
+    features: "logmel" or "logmel+phones" (``moda_hub.features``).
     utterances: list of dicts with "features" (T, F) float32, "lip" (T, 40, 3), "eye" (T, 60, 3),
     "head" (T, 7), "torso" (T, 2) float32 (contract units), "subject" int, "blink_rate" (per minute).
     subjects: (S, 478, 3) canonical meshes.
     """
 
-    def __init__(self, data_dir: str, split: str):
+    def __init__(self, data_dir: str, split: str, features: str = "logmel+phones"):
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text()) \
             if (Path(data_dir) / "manifest.json").exists() else {}
+        self.feature_kind = features
         self.fps = int(manifest.get("fps", 30))
         self.subjects = _subjects(data_dir) if manifest else None
         self.utterances: List[dict] = []
@@ -64,6 +66,8 @@ class MotionCorpus:
                 i = m["index"]
                 a, b = int(fo[i]), int(fo[i + 1])
                 u = {k: d[k][a:b].astype(np.float32) for k in ("features", "lip", "eye", "head", "torso")}
+                if features == "logmel+phones":       # the speaker-robust phone stream
+                    u["features"] = np.concatenate([u["features"], d["phones"][a:b].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
                 u["blink_rate"] = blink_rate_of(d["params"][a:b], self.fps)
                 self.utterances.append(u)

@@ -40,7 +40,10 @@ def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: 
     total = steps or 10 ** 9
     budget = minutes * 60 if minutes else float("inf")
     start, est = time.time(), total
-    log = open(os.path.abspath(out) + ".log", "a") if accelerator.is_main_process else None
+    log = None
+    if accelerator.is_main_process:                    # logs beside, not inside, the weights folder
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        log = open(os.path.abspath(out) + ".log", "a")
     step = 0
     for step in range(1, total + 1):
         elapsed = time.time() - start

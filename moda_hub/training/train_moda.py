@@ -92,7 +92,8 @@ def validate(model: ModaModel, corpus: MotionCorpus, max_utterances: int = 64) -
 
 def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
                seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
-               lr: float = 1e-3, log_every: int = 50, model_kwargs: Optional[dict] = None) -> ModaModel:
+               lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones",
+               model_kwargs: Optional[dict] = None) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
 
     minutes / steps: stop at whichever comes first (at least one must be given).
@@ -104,13 +105,14 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
     set_seed(seed)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
-    train = MotionCorpus(data, "train")
-    val = MotionCorpus(data, "val")
     if init:
         sub = os.path.join(init, "moda")
         model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)
-    else:
-        model = ModaModel(audio_dim=train.feature_dim, fps=train.fps, **(model_kwargs or {}))
+        features = model.config.features
+    train = MotionCorpus(data, "train", features)
+    val = MotionCorpus(data, "val", features)
+    if not init:
+        model = ModaModel(features=features, audio_dim=train.feature_dim, fps=train.fps, **(model_kwargs or {}))
         model.set_statistics(corpus_statistics(train))
     batches = WindowBatches(train, model, window, batch_size, seed + accelerator.process_index)
     total_steps = steps or 10 ** 9
