@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Budget on a 2-core CPU: corpus ~10 min, composer ~4 min, MODA ~25 min (<= 45 min in all).
+Budget on a 2-core CPU: corpus ~10 min (2 h of speech), composer 4 min, MODA 25 min (<= 45 min in all).
 Seeded; the pipeline folder gets model_index.json, one folder per component (config json +
 safetensors) and the model card as README.md.
 """
@@ -22,7 +22,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "pretrained", "moda-base"))
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "moda-base"), help="corpus and logs")
-    ap.add_argument("--hours", type=float, default=2.5, help="hours of synthetic speech")
+    ap.add_argument("--hours", type=float, default=2.0, help="hours of synthetic speech")
     ap.add_argument("--composer-minutes", type=float, default=4.0)
     ap.add_argument("--moda-minutes", type=float, default=25.0)
     ap.add_argument("--seed", type=int, default=0)

@@ -71,22 +71,25 @@ def band_mask(length: int, band: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention with an additive mask; (B, T, C) in, (B, T, C) out."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``mask=None`` means the diagonal one-to-one mask (query t sees only memory t): the
+        softmax over a single key is 1, so the result is exactly the value of memory t —
+        computed directly instead of through a (T, T) attention map."""
         B, T, C = x.shape
+        if mask is None:
+            return self.out(self.kv(memory)[..., C:])
         S = memory.shape[1]
         h = self.n_heads
         q = self.q(x).view(B, T, h, C // h).transpose(1, 2)                    # (B, H, T, c)
         k, v = self.kv(memory).view(B, S, 2, h, C // h).permute(2, 0, 3, 1, 4)  # (B, H, S, c)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -96,8 +99,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, dim: int, n_heads: int, ff_mult: int, dropout: float):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, n_heads, dropout)
-        self.cross_attn = Attention(dim, n_heads, dropout)
+        self.self_attn = Attention(dim, n_heads)
+        self.cross_attn = Attention(dim, n_heads)
         self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(ff_mult * dim, dim))
 
@@ -121,7 +124,7 @@ class DualAttnDecoder(nn.Module):
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         T = queries.shape[1]
         self_bias = causal_alibi_bias(T, self.slopes).to(queries.device)
-        cross_mask = band_mask(T, self.band).to(queries.device)
+        cross_mask = band_mask(T, self.band).to(queries.device) if self.band > 0 else None
         x = queries
         for layer in self.layers:
             x = layer(x, memory, self_bias, cross_mask)
@@ -202,7 +205,7 @@ class ModaModel(ModelMixin, ConfigMixin):
             (``moda_hub.features.speech_features`` kind).
         audio_dim (int, default 93): feature columns per frame.
         cond_dim (int, default 1434): the subject's canonical mesh, flattened (478 * 3).
-        dim (int, default 160): transformer width.
+        dim (int, default 128): transformer width.
         n_heads (int, default 4), n_layers (int, default 2): per decoder.
         ff_mult (int, default 2): MLP expansion.
         latent_dim (int, default 8): ProbAttn latent size; latent_stride (int, default 5)
@@ -218,7 +221,7 @@ class ModaModel(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, features: str = "logmel+phones", audio_dim: int = 93, cond_dim: int = 1434, dim: int = 160, n_heads: int = 4,
+    def __init__(self, features: str = "logmel+phones", audio_dim: int = 93, cond_dim: int = 1434, dim: int = 128, n_heads: int = 4,
                  n_layers: int = 2, ff_mult: int = 2, latent_dim: int = 8, latent_stride: int = 5,
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
                  window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1):

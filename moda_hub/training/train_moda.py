@@ -136,7 +136,7 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
             g["lr"] = lr * (min(1.0, step / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))))
         feats, cond, extra, targets, mask = next(batches)
         dev = accelerator.device
-        kl_weight = 0.01 * min(1.0, step / 1000)        # KL warm-up
+        kl_weight = 0.03 * min(1.0, step / 500)         # KL warm-up
         losses = accelerator.unwrap_model(model).loss(
             feats.to(dev), cond.to(dev), extra.to(dev), {k: v.to(dev) for k, v in targets.items()},
             frame_mask=mask.to(dev), kl_weight=kl_weight)
