@@ -13,16 +13,25 @@ import numpy as np
 Motion = Dict[str, np.ndarray]
 
 
-def resample_motion(motion: Motion, src_fps: float, dst_fps: float, num_frames: int) -> Motion:
+def source_range(dst_start: int, dst_stop: int, src_fps: float, dst_fps: float, src_len: int) -> tuple:
+    """Source frames [s0, s1) that :func:`resample_motion` needs for output frames [dst_start, dst_stop)."""
+    s0 = int(np.floor(dst_start * src_fps / dst_fps))
+    s1 = int(np.floor((dst_stop - 1) * src_fps / dst_fps)) + 2
+    return max(0, min(s0, src_len - 1)), max(1, min(s1, src_len))
+
+
+def resample_motion(motion: Motion, src_fps: float, dst_fps: float, num_frames: int,
+                    dst_start: int = 0, src_start: int = 0) -> Motion:
     """Linear resampling in time from ``src_fps`` to ``num_frames`` frames at ``dst_fps``.
 
-    Frame k of the output sits at time k / dst_fps seconds; times past the last source frame
+    Output frame k (counted from ``dst_start``) sits at (dst_start + k) / dst_fps seconds;
+    ``motion`` holds source frames from ``src_start`` on. Times past the last source frame
     hold its value.
     """
     out = {}
     for name, x in motion.items():
         T = x.shape[0]
-        t = np.arange(num_frames) * (src_fps / dst_fps)
+        t = (np.arange(num_frames) + dst_start) * (src_fps / dst_fps) - src_start
         k0 = np.clip(np.floor(t).astype(int), 0, T - 1)
         k1 = np.clip(k0 + 1, 0, T - 1)
         w = np.clip(t - k0, 0.0, 1.0).reshape(-1, *([1] * (x.ndim - 1)))

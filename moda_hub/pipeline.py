@@ -6,7 +6,7 @@ front-end; the maths lives there.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
@@ -22,7 +22,7 @@ from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
-from .motion import apply_controls, resample_motion
+from .motion import apply_controls, resample_motion, source_range
 from .video import Mp4Writer
 
 SAMPLE_RATE = 16000
@@ -50,14 +50,33 @@ class ModaPipelineOutput(BaseOutput):
 
 
 @dataclass
-class _Plan:
-    """Everything computed before rendering: the subject, speech, landmarks and motion."""
-    subject: Subject
-    wav: np.ndarray
-    landmarks_px: np.ndarray          # (T, 478, 3) image pixels
-    torso_px: np.ndarray              # (T, 2) image pixels
+class ModaStreamChunk:
+    """One chunk of :meth:`ModaPipeline.stream`.
+
+    start: index of the chunk's first frame in the whole video.
+    frames: (t, H, W, 3) uint8. landmarks: (t, 478, 3) float32 image pixels.
+    motion: the chunk's motion (as in :class:`ModaPipelineOutput`). fps: frame rate.
+    """
+    start: int
+    frames: np.ndarray
+    landmarks: np.ndarray
     motion: Dict[str, np.ndarray]
+    fps: float
+
+
+@dataclass
+class _Session:
+    """What one call computes before any frame: subject, speech, features, latent, controls."""
+    subject: Subject
+    wav: np.ndarray                   # (N,) float32, 16 kHz
+    features: torch.Tensor            # (T_model, F) at the model's fps
+    cond: torch.Tensor                # (1434,) canonical units
+    extra: torch.Tensor               # (1,) blink rate / 20
+    latent: torch.Tensor              # (1, L, Z) ProbAttn latent for the whole clip
+    num_frames: int                   # output frames, round(duration * fps)
     fps: int
+    controls: dict
+    windows: dict = field(default_factory=dict)   # stage-1 window cache across chunks
 
 
 class ModaPipeline(DiffusionPipeline):
@@ -102,13 +121,13 @@ class ModaPipeline(DiffusionPipeline):
             raise InvalidParameterError(f"output_size={output_size!r} — use 256 or 512 (a face crop) or 0 (the full image)")
 
     # ------------------------------------------------------------------ steps
-    def plan(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
-             speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
-             mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
-             still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-             max_audio_seconds: Optional[float] = None, callback: Optional[Callable[[str, float], None]] = None
-             ) -> _Plan:
-        """Steps 1-5: everything up to per-frame landmarks. See :meth:`__call__` for arguments."""
+    def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
+                speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
+                mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
+                still: bool = False, fps: int = 30, face_index: Optional[int] = None,
+                max_audio_seconds: Optional[float] = None, callback: Optional[Callable[[str, float], None]] = None
+                ) -> _Session:
+        """Steps 1-3: the portrait, the speech, its features and the latent. See :meth:`__call__`."""
         report = callback or (lambda stage, fraction: None)
         # 1. the portrait: decode, find the face, its pose and canonical mesh
         report("face", 0.0)
@@ -120,44 +139,95 @@ class ModaPipeline(DiffusionPipeline):
         else:
             wav = load_audio(audio, sample_rate=SAMPLE_RATE, input_sample_rate=sample_rate,
                              max_seconds=max_audio_seconds)
-        duration = len(wav) / SAMPLE_RATE
-        # 3. audio features at the model's frame rate
+        # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
+        report("features", 0.15)
         model_fps = self.moda.config.fps
         feats = torch.from_numpy(speech_features(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features))
-        # 4. stage 1: motion, one forward pass (windowed for long clips)
-        report("motion", 0.2)
-        cond = torch.from_numpy(subject.canonical.reshape(-1))
-        extra = torch.tensor([blink_rate / 20.0])
-        motion = self.moda.generate(feats, cond, extra, generator=generator, temperature=temperature)
-        motion = {k: v.float().cpu().numpy() for k, v in motion.items()}
-        # 5. controls, output frame rate, stage 2 and head pose -> landmarks in image pixels
-        num_frames = max(1, int(round(duration * fps)))
-        motion = apply_controls(resample_motion(motion, model_fps, fps, num_frames),
-                                mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still)
-        report("composer", 0.3)
-        landmarks = self.compose_landmarks(subject, motion)
-        torso_px = motion["torso"] * subject.pose[6]
-        return _Plan(subject, wav, landmarks, torso_px.astype(np.float32), motion, fps)
+        latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
+        return _Session(subject=subject, wav=wav, features=feats,
+                        cond=torch.from_numpy(subject.canonical.reshape(-1)),
+                        extra=torch.tensor([blink_rate / 20.0]), latent=latent,
+                        num_frames=max(1, int(round(len(wav) / SAMPLE_RATE * fps))), fps=fps,
+                        controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still))
 
     @torch.no_grad()
-    def compose_landmarks(self, subject: Subject, motion: Dict[str, np.ndarray], chunk: int = 2048) -> np.ndarray:
+    def motion_chunk(self, session: _Session, start: int, stop: int):
+        """Steps 4-5 for output frames [start, stop): stage 1 (only the windows these frames
+        need, so a chunk equals the same frames of a whole-clip call), controls, frame rate,
+        stage 2 and head pose. Returns (landmarks (t, 478, 3) image px, torso (t, 2) px, motion)."""
+        model_fps = self.moda.config.fps
+        s0, s1 = source_range(start, stop, model_fps, session.fps, len(session.features))
+        # 4. stage 1: motion from audio and subject (windowed; the latent is shared)
+        motion = self.moda.generate(session.features, session.cond, session.extra, latent=session.latent,
+                                    frame_range=(s0, s1), cache=session.windows)
+        motion = {k: v.float().cpu().numpy() for k, v in motion.items()}
+        # 5. output frame rate, user controls, stage 2 + head pose -> landmarks in image pixels
+        motion = apply_controls(resample_motion(motion, model_fps, session.fps, stop - start,
+                                                dst_start=start, src_start=s0), **session.controls)
+        landmarks = self.compose_landmarks(session.subject, motion)
+        torso_px = (motion["torso"] * session.subject.pose[6]).astype(np.float32)
+        return landmarks, torso_px, motion
+
+    @torch.no_grad()
+    def compose_landmarks(self, subject: Subject, motion: Dict[str, np.ndarray]) -> np.ndarray:
         """Stage 2 + pose: motion (T frames) -> landmarks (T, 478, 3) float32 in image pixels."""
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(self.composer.device, self.composer.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        out = np.empty((len(poses), subject.canonical.shape[0], 3), np.float32)
-        for s in range(0, len(poses), chunk):
-            lip = torch.from_numpy(motion["lip"][s:s + chunk]).to(cond)
-            eye = torch.from_numpy(motion["eye"][s:s + chunk]).to(cond)
-            dense = self.composer(lip, eye, cond).float().cpu().numpy()             # (t, 478, 3)
-            out[s:s + chunk] = from_canonical(subject.canonical[None] + dense, poses[s:s + chunk])
-        return out
+        lip = torch.from_numpy(motion["lip"]).to(cond)
+        eye = torch.from_numpy(motion["eye"]).to(cond)
+        dense = self.composer(lip, eye, cond).float().cpu().numpy()                  # (T, 478, 3)
+        return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
-    def render_chunks(self, plan: _Plan, output_size: Optional[int] = None, chunk: int = 32
-                      ) -> Iterator[np.ndarray]:
-        """Step 6: frames (t, H, W, 3) uint8, ``chunk`` at a time, never all in memory."""
-        prepared = self.renderer.prepare(plan.subject.image, plan.subject.landmarks_px, output_size=output_size)
-        for s in range(0, len(plan.landmarks_px), chunk):
-            yield self.renderer.render(prepared, plan.landmarks_px[s:s + chunk], plan.torso_px[s:s + chunk])
+    def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,
+               output_size: Optional[int] = None, output_path: Optional[str] = None, render: bool = True,
+               **kwargs) -> Iterator[ModaStreamChunk]:
+        r"""Yield the video chunk by chunk as soon as each is ready; memory stays flat.
+
+        Takes the arguments of :meth:`__call__` (``output_type`` aside). ``chunk_frames``: frames
+        per chunk. ``output_path``: also write the MP4 progressively (finalised after the last
+        chunk; deleted if the stream fails or is abandoned). ``render=False`` yields landmarks
+        and motion only (``frames`` is an empty array).
+
+        The frames equal those of ``__call__`` with the same arguments and generator.
+
+        Example:
+            >>> for chunk in pipe.stream(image="face.jpg", audio="speech.wav", output_path="live.mp4"):
+            ...     show(chunk.frames)
+        """
+        if chunk_frames < 1:
+            raise InvalidParameterError(f"chunk_frames={chunk_frames!r} — use a positive number of frames")
+        self.check_inputs(kwargs.get("audio", audio), text, kwargs.get("fps", 30), "mp4",
+                          kwargs.get("temperature", 1.0), kwargs.get("mouth_scale", 1.0),
+                          kwargs.get("head_motion_scale", 1.0), kwargs.get("blink_rate", 17.0), output_size)
+        session = self.prepare(image, audio, text, **kwargs)
+        yield from self._render_session(session, chunk_frames, output_size, output_path, render,
+                                        kwargs.get("callback"))
+
+    def _render_session(self, session: _Session, chunk_frames: int, output_size: Optional[int],
+                        output_path: Optional[str], render: bool, callback) -> Iterator[ModaStreamChunk]:
+        """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4."""
+        report = callback or (lambda stage, fraction: None)
+        prepared = self.renderer.prepare(session.subject.image, session.subject.landmarks_px,
+                                         output_size=output_size) if render else None
+        writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
+            if output_path else None
+        n = session.num_frames
+        try:
+            for start in range(0, n, chunk_frames):
+                stop = min(n, start + chunk_frames)
+                landmarks, torso_px, motion = self.motion_chunk(session, start, stop)
+                frames = self.renderer.render(prepared, landmarks, torso_px) if render \
+                    else np.zeros((0, 0, 0, 3), np.uint8)
+                if writer is not None:
+                    writer.write(frames)
+                report("render", 0.2 + 0.8 * stop / n)
+                yield ModaStreamChunk(start, frames, landmarks, motion, float(session.fps))
+            if writer is not None:
+                writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -200,38 +270,29 @@ class ModaPipeline(DiffusionPipeline):
         self.check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
                           blink_rate, output_size)
         report = callback or (lambda stage, fraction: None)
-        # 1-5. portrait, speech, features, stage 1, stage 2 -> landmarks
-        plan = self.plan(image, audio, text, sample_rate=sample_rate, voice=voice, speech_rate=speech_rate,
-                         generator=generator, temperature=temperature, mouth_scale=mouth_scale,
-                         head_motion_scale=head_motion_scale, blink_rate=blink_rate, still=still, fps=fps,
-                         face_index=face_index, max_audio_seconds=max_audio_seconds, callback=callback)
-        video_path, frames = None, None
-        n = len(plan.landmarks_px)
-        # 6. render (and 7. encode) chunk by chunk
+        kwargs = dict(sample_rate=sample_rate, voice=voice, speech_rate=speech_rate, generator=generator,
+                      temperature=temperature, mouth_scale=mouth_scale, head_motion_scale=head_motion_scale,
+                      blink_rate=blink_rate, still=still, fps=fps, face_index=face_index,
+                      max_audio_seconds=max_audio_seconds, callback=callback)
+        video_path = None
         if output_type == "mp4":
             video_path = output_path or os.path.join("outputs", "moda.mp4")
-            with Mp4Writer(video_path, fps=fps, audio=plan.wav, sample_rate=SAMPLE_RATE) as writer, \
-                    self.progress_bar(total=n) as bar:
-                for done, chunk in self._chunks_with_progress(plan, output_size, report):
-                    writer.write(chunk)
-                    bar.update(len(chunk))
-        elif output_type in ("np", "pil"):
-            parts = []
-            with self.progress_bar(total=n) as bar:
-                for done, chunk in self._chunks_with_progress(plan, output_size, report):
-                    parts.append(chunk)
-                    bar.update(len(chunk))
-            frames = np.concatenate(parts)
-            if output_type == "pil":
-                frames = [PIL.Image.fromarray(f) for f in frames]
+        # 1-7. portrait, speech, stage 1, stage 2, render, encode: chunk by chunk
+        frames, landmarks, motion = [], [], []
+        session = self.prepare(image, audio, text, **kwargs)
+        chunks = self._render_session(session, 32, output_size, video_path, output_type != "landmarks", callback)
+        with self.progress_bar(total=session.num_frames) as bar:
+            for chunk in chunks:
+                landmarks.append(chunk.landmarks)
+                motion.append(chunk.motion)
+                if output_type in ("np", "pil"):
+                    frames.append(chunk.frames)
+                bar.update(len(chunk.landmarks))
+        motion = {k: np.concatenate([m[k] for m in motion]) for k in motion[0]}
+        out_frames = np.concatenate(frames) if frames else None
+        if output_type == "pil":
+            out_frames = [PIL.Image.fromarray(f) for f in out_frames]
         report("done", 1.0)
-        return ModaPipelineOutput(video_path=video_path, frames=frames, landmarks=plan.landmarks_px,
-                                  motion=plan.motion, fps=float(fps), audio=plan.wav)
+        return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=np.concatenate(landmarks),
+                                  motion=motion, fps=float(fps), audio=session.wav)
 
-    def _chunks_with_progress(self, plan, output_size, report):
-        n = len(plan.landmarks_px)
-        done = 0
-        for chunk in self.render_chunks(plan, output_size):
-            done += len(chunk)
-            report("render", 0.35 + 0.65 * done / n)
-            yield done, chunk

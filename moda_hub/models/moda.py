@@ -339,8 +339,8 @@ class ModaModel(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def generate(self, audio_features: torch.Tensor, cond: torch.Tensor, extra: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None, temperature: float = 1.0,
-                 latent: Optional[torch.Tensor] = None, frame_range: Optional[tuple] = None
-                 ) -> Dict[str, torch.Tensor]:
+                 latent: Optional[torch.Tensor] = None, frame_range: Optional[tuple] = None,
+                 cache: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         """Motion for a clip of any length, in physical units.
 
         audio_features (T, F) or (B, T, F); cond (1434,) or (B, 1434) canonical units;
@@ -348,6 +348,8 @@ class ModaModel(ModelMixin, ConfigMixin):
         latent: a grid from :meth:`sample_latent` for the whole clip (drawn here if None).
         frame_range (start, stop): compute only these frames (for streaming); the windows are
         the same as for the whole clip, so a chunk equals the same frames of a full call.
+        cache: a dict kept by the caller across chunks of one clip; windows already computed
+        are reused and windows that end before ``start`` are dropped.
 
         Returns dict "lip" (B, T, 40, 3), "eye" (B, T, 60, 3), "head" (B, T, 7),
         "torso" (B, T, 2), float32 on the model's device.
@@ -370,13 +372,21 @@ class ModaModel(ModelMixin, ConfigMixin):
         for w0, w1 in windows:
             if w1 <= start or w0 >= stop:
                 continue
-            z = upsample_latent(latent, w1 - w0, self.config.latent_stride, start=w0)
-            pred, _ = self._decode(feats[:, w0:w1], cond, extra, z)
+            if cache is not None and (w0, w1) in cache:
+                pred = cache[(w0, w1)]
+            else:
+                z = upsample_latent(latent, w1 - w0, self.config.latent_stride, start=w0)
+                pred, _ = self._decode(feats[:, w0:w1], cond, extra, z)
+                if cache is not None:
+                    cache[(w0, w1)] = pred
             blend = crossfade_weights(w0, w1, T, self.config.window - self.config.hop).to(self.device)
             a, b = max(w0, start), min(w1, stop)
             for p in acc:
                 acc[p][:, a - start:b - start] += pred[p][:, a - w0:b - w0].float() * blend[a - w0:b - w0, None]
             wsum[a - start:b - start] += blend[a - w0:b - w0]
+        if cache is not None:
+            for key in [k for k in cache if k[1] <= start]:
+                del cache[key]
         out = {}
         for p in acc:
             x = self.denormalize(p, acc[p] / wsum[None, :, None])
