@@ -40,12 +40,17 @@ def _generate(args):
     import torch
     from tqdm.auto import tqdm
 
+    from .errors import InvalidParameterError
     from .pipeline import ModaPipeline
+    from .video import check_output_path
 
-    pipe = ModaPipeline.from_pretrained(args.model)
-    if args.seed < 0 or args.seed >= 2 ** 63:
-        from .errors import InvalidParameterError
+    # cheap checks first: a bad seed or output path fails before the weights load
+    if args.seed < 0 or args.seed >= 2 ** 63:   # torch.Generator().manual_seed raises beyond 2**64
         raise InvalidParameterError(f"--seed {args.seed} is out of range — use 0 .. 2**63-1")
+    check_output_path(args.out)
+    if args.landmarks:
+        check_output_path(args.landmarks)
+    pipe = ModaPipeline.from_pretrained(args.model)
     bar = tqdm(total=100, desc="moda", unit="%", disable=None)
 
     def progress(stage, fraction):
@@ -111,8 +116,22 @@ def _evaluate(args):
     evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out)
 
 
+def _add_batch(sub):
+    p = sub.add_parser("batch", help="one MP4 per manifest row; resumable; runs under `accelerate launch` too")
+    p.add_argument("manifest", help="CSV: image, audio or text, optional seed, fps, size, still, blink_rate, "
+                                    "head_motion_scale, mouth_scale, temperature, voice, speech_rate, face_index")
+    p.add_argument("--out", required=True, help="output folder (MP4s, done.jsonl, errors.jsonl)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder or Hub id")
+
+
+def _batch(args):
+    from .batch import run_batch
+    run_batch(args.manifest, args.out, model=args.model)
+
+
 COMMANDS = {"generate": (_add_generate, _generate), "prepare": (_add_prepare, _prepare),
-            "train": (_add_train, _train), "evaluate": (_add_evaluate, _evaluate)}
+            "train": (_add_train, _train), "evaluate": (_add_evaluate, _evaluate),
+            "batch": (_add_batch, _batch)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +152,7 @@ def main(argv=None) -> int:
     except ModaError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)   # always one line
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -298,6 +298,9 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
         return {"skipped": f"corpus fps {fps} differs from the model's {model.config.fps}"}
     subjects = np.load(os.path.join(data, "subjects.npz"))["meshes"]
     utts = load_utterances(data, split="val")
+    if model.config.features == "logmel+phones":          # the model's input: log-mel + phone stream
+        for u in utts:
+            u["features"] = np.concatenate([u["features"], u["phones"]], axis=1)
     if max_utterances is not None:
         utts = utts[:max_utterances]
     if not utts:

@@ -16,6 +16,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .audio import load_audio, synthesize_speech
+from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
 from .features import speech_features
 from .errors import InvalidParameterError
 from .face.pose import apply_head_offset, from_canonical
@@ -23,10 +24,13 @@ from .face.subject import Subject, prepare_subject
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
-from .video import Mp4Writer
+from .video import Mp4Writer, check_output_path
 
 SAMPLE_RATE = 16000
 OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
+#: Longest speech a call accepts by default, seconds (``max_audio_seconds=None`` lifts it).
+#: Checked before any work (from the file header for audio files).
+MAX_AUDIO_SECONDS = 600.0
 
 
 @dataclass
@@ -76,6 +80,8 @@ class _Session:
     num_frames: int                   # output frames, round(duration * fps)
     fps: int
     controls: dict
+    blink_closure: np.ndarray         # (T_model, 2) eyelid closure of the sampled blinks
+    closed_eye: np.ndarray            # (60, 3) the subject's eye offsets with closed lids
     windows: dict = field(default_factory=dict)   # stage-1 window cache across chunks
 
 
@@ -103,6 +109,38 @@ class ModaPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(moda=moda, composer=composer, renderer=renderer)
 
+    # ------------------------------------------------------------------ Hub
+    model_card: Optional[str] = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a pipeline folder (or Hub repo id): model_index.json, one folder per component
+        (config json + safetensors). Never unpickles (``use_safetensors=True``). The folder's
+        README.md model card is kept and written again by :meth:`save_pretrained`.
+
+        Every problem with the folder or its weights (missing file or tensor, corrupted or
+        truncated safetensors, wrong shapes, NaN) raises ``WeightsError`` naming the file —
+        never a pipeline with random weights (checks in :mod:`moda_hub.weights`)."""
+        from .weights import load_pipeline, resolve_pipeline_folder
+
+        folder = resolve_pipeline_folder(pretrained_model_name_or_path, **kwargs)
+        pipe = load_pipeline(cls, super().from_pretrained, folder, **kwargs)
+        card = os.path.join(str(folder), "README.md")
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                pipe.model_card = f.read()
+        return pipe
+
+    def save_pretrained(self, save_directory, model_card: Optional[str] = None, **kwargs):
+        """Write model_index.json, each component (safetensors weights) and the model card
+        (``model_card`` text, else the one loaded with the pipeline) as README.md."""
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+        card = model_card if model_card is not None else self.model_card
+        if card:
+            with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
+                f.write(card)
+
     # ------------------------------------------------------------------ checks
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
@@ -125,30 +163,33 @@ class ModaPipeline(DiffusionPipeline):
                 speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
                 mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
                 still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-                max_audio_seconds: Optional[float] = None, callback: Optional[Callable[[str, float], None]] = None
+                max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS, callback: Optional[Callable[[str, float], None]] = None
                 ) -> _Session:
-        """Steps 1-3: the portrait, the speech, its features and the latent. See :meth:`__call__`."""
+        """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`."""
         report = callback or (lambda stage, fraction: None)
-        # 1. the portrait: decode, find the face, its pose and canonical mesh
-        report("face", 0.0)
-        subject = prepare_subject(image, face_index=face_index)
-        # 2. the speech: decode or synthesise, 16 kHz mono
-        report("audio", 0.1)
+        # 1. the speech: decode or synthesise, 16 kHz mono (first: too long fails before any work)
+        report("audio", 0.0)
         if text is not None:
             wav = synthesize_speech(text, voice=voice, rate=speech_rate, max_seconds=max_audio_seconds)
         else:
             wav = load_audio(audio, sample_rate=SAMPLE_RATE, input_sample_rate=sample_rate,
                              max_seconds=max_audio_seconds)
+        # 2. the portrait: decode, find the face, its pose and canonical mesh
+        report("face", 0.1)
+        subject = prepare_subject(image, face_index=face_index)
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
         feats = torch.from_numpy(speech_features(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features))
         latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
+        closure = sample_blink_closure(len(feats), model_fps, blink_rate, generator,
+                                       speech_pauses(wav, SAMPLE_RATE))
         return _Session(subject=subject, wav=wav, features=feats,
                         cond=torch.from_numpy(subject.canonical.reshape(-1)),
                         extra=torch.tensor([blink_rate / 20.0]), latent=latent,
                         num_frames=max(1, int(round(len(wav) / SAMPLE_RATE * fps))), fps=fps,
-                        controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still))
+                        controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still),
+                        blink_closure=closure, closed_eye=closed_eye_offsets(subject.canonical))
 
     @torch.no_grad()
     def motion_chunk(self, session: _Session, start: int, stop: int):
@@ -161,6 +202,7 @@ class ModaPipeline(DiffusionPipeline):
         motion = self.moda.generate(session.features, session.cond, session.extra, latent=session.latent,
                                     frame_range=(s0, s1), cache=session.windows)
         motion = {k: v.float().cpu().numpy() for k, v in motion.items()}
+        motion["eye"] = apply_blinks(motion["eye"], session.blink_closure[s0:s1], session.closed_eye)
         # 5. output frame rate, user controls, stage 2 + head pose -> landmarks in image pixels
         motion = apply_controls(resample_motion(motion, model_fps, session.fps, stop - start,
                                                 dst_start=start, src_start=s0), **session.controls)
@@ -199,6 +241,8 @@ class ModaPipeline(DiffusionPipeline):
         self.check_inputs(kwargs.get("audio", audio), text, kwargs.get("fps", 30), "mp4",
                           kwargs.get("temperature", 1.0), kwargs.get("mouth_scale", 1.0),
                           kwargs.get("head_motion_scale", 1.0), kwargs.get("blink_rate", 17.0), output_size)
+        if output_path is not None:
+            output_path = check_output_path(output_path)     # before any work
         session = self.prepare(image, audio, text, **kwargs)
         yield from self._render_session(session, chunk_frames, output_size, output_path, render,
                                         kwargs.get("callback"))
@@ -236,7 +280,7 @@ class ModaPipeline(DiffusionPipeline):
                  temperature: float = 1.0, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
                  blink_rate: float = 17.0, still: bool = False, fps: int = 30, face_index: Optional[int] = None,
                  output_size: Optional[int] = None, output_type: str = "mp4", output_path: Optional[str] = None,
-                 max_audio_seconds: Optional[float] = None,
+                 max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
                  callback: Optional[Callable[[str, float], None]] = None) -> ModaPipelineOutput:
         r"""Animate ``image`` with ``audio`` (or ``text`` spoken by espeak-ng).
 
@@ -260,7 +304,8 @@ class ModaPipeline(DiffusionPipeline):
                 pasted back; None uses the renderer's default.
             output_type (str, default "mp4"): "mp4" | "np" | "pil" | "landmarks" (no rendering).
             output_path (str, optional): where the MP4 goes (default "outputs/moda.mp4").
-            max_audio_seconds (float, optional): refuse longer speech with ``InputTooLongError``.
+            max_audio_seconds (float or None, default 600): refuse longer speech with
+                ``InputTooLongError`` before any work; None = no limit.
             callback (callable, optional): ``callback(stage: str, fraction: float)`` for progress.
 
         Returns:
@@ -277,6 +322,7 @@ class ModaPipeline(DiffusionPipeline):
         video_path = None
         if output_type == "mp4":
             video_path = output_path or os.path.join("outputs", "moda.mp4")
+            check_output_path(video_path)                    # before any work
         # 1-7. portrait, speech, stage 1, stage 2, render, encode: chunk by chunk
         frames, landmarks, motion = [], [], []
         session = self.prepare(image, audio, text, **kwargs)

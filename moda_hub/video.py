@@ -39,6 +39,7 @@ from moda_hub.errors import InvalidParameterError, OutputPathError
 
 __all__ = [
     "Mp4Writer",
+    "check_output_path",
     "ffmpeg_exe",
     "iter_video_frames",
     "probe_media",
@@ -286,6 +287,46 @@ def read_video_frames(path: str | os.PathLike, fps: float | None = None,
 
 
 # --- writing -------------------------------------------------------------------------------
+def check_output_path(path: str | os.PathLike) -> str:
+    """Check, before any work, that a file can be written at ``path``; return it absolute.
+
+    Missing parent folders are fine (the writer creates them); nothing is created here. The
+    nearest existing parent must be a folder that is writable: by permission (for root too:
+    a folder without any write permission bit counts as read-only) and in fact (a probe file
+    is created and removed at once, which catches read-only file systems).
+
+    Raises:
+        OutputPathError: ``path`` is a folder, a parent is a file, or the folder is read-only.
+    """
+    try:
+        full = os.path.abspath(os.fspath(path))
+    except TypeError:
+        raise OutputPathError(f"output path {path!r} is not a file path — pass e.g. 'out.mp4'") from None
+    if os.path.isdir(full):
+        raise OutputPathError(f"cannot write the video to {full!r}: it is a folder — pass a file "
+                              "path such as 'outputs/moda.mp4'")
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputPathError(f"cannot write the video to {full!r}: {parent!r} is a file, not a "
+                              "folder — choose a folder you can write to")
+    import stat
+
+    mode = os.stat(parent).st_mode
+    if not os.access(parent, os.W_OK | os.X_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise OutputPathError(f"cannot write the video to {full!r}: the folder {parent!r} is "
+                              "read-only — choose a folder you can write to")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".moda-write-check-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise OutputPathError(f"cannot write the video to {full!r} ({err.strerror}) — choose a "
+                              "folder you can write to") from None
+    return full
+
+
 def _fraction(fps: float) -> str:
     frac = Fraction(fps).limit_denominator(1001)
     return f"{frac.numerator}/{frac.denominator}"
@@ -347,7 +388,7 @@ class Mp4Writer:
     def __init__(self, path: str | os.PathLike, fps: float, audio: np.ndarray | None = None,
                  sample_rate: int = 16000, *, crf: int = 20, preset: str = "veryfast",
                  audio_bitrate: str = "96k", odd_size: str = "pad", pad_to_audio: bool = True):
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = check_output_path(path)   # before any encoding work
         try:
             self.fps = float(fps)
         except (TypeError, ValueError):
@@ -383,7 +424,7 @@ class Mp4Writer:
         self._last = None  # last frame written (after padding to even size)
         self._closed = False
         self._aborted = False
-        self._state: dict = {"proc": None, "errf": None, "tmpdir": None}
+        self._state: dict = {"proc": None, "errf": None, "tmpdir": None, "made_dirs": []}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
 
     # context manager
@@ -405,8 +446,13 @@ class Mp4Writer:
 
     def _start(self, h: int, w: int) -> None:
         folder = os.path.dirname(self.path)
+        missing, d = [], folder
+        while not os.path.exists(d):   # folders made here are removed again on abort
+            missing.append(d)
+            d = os.path.dirname(d)
         try:
             os.makedirs(folder, exist_ok=True)
+            self._state["made_dirs"] = missing
             self._state["tmpdir"] = tempfile.mkdtemp(
                 prefix=f".{os.path.basename(self.path)}.", suffix=".part", dir=folder)
         except OSError as err:
@@ -486,9 +532,16 @@ class Mp4Writer:
         self._last = arr[-1:].copy()
 
     def abort(self) -> None:
-        """Stop without output: kill ffmpeg and delete every temporary file."""
+        """Stop without output: kill ffmpeg, delete every temporary file and the folders this
+        writer created (when they are empty)."""
         self._closed = self._aborted = True
         _cleanup(self._state)
+        for d in self._state.get("made_dirs") or []:   # deepest first
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        self._state["made_dirs"] = []
 
     def close(self) -> str:
         """Finish the file and move it into place. Returns the path."""

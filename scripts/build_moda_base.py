@@ -49,7 +49,9 @@ def main(argv=None):
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
                         renderer=WarpRenderer())
     shutil.rmtree(args.out, ignore_errors=True)
-    pipe.save_pretrained(args.out)
+    card_path = os.path.join(ROOT, "model_cards", "moda-base.md")
+    card = open(card_path, encoding="utf-8").read() if os.path.exists(card_path) else None
+    pipe.save_pretrained(args.out, model_card=card)
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
                "hours": args.hours, "seed": args.seed, "torch": torch.__version__}
     for stage in ("composer", "moda"):

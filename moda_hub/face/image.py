@@ -15,7 +15,8 @@ Accepted inputs (:data:`ImageLike`):
   taken as RGB(A) as they are - no EXIF, no channel swapping.
 
 EXIF orientation of files and PIL images is applied (``PIL.ImageOps.exif_transpose``),
-so landmark pixels refer to the image as a viewer shows it.
+so landmark pixels refer to the image as a viewer shows it. ``max_side`` caps the size of
+very large photos at load time (the pipeline uses it: see ``moda_hub.face.subject``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from moda_hub.errors import ImageDecodeError
+from moda_hub.errors import ImageDecodeError, InvalidParameterError
 
 ImageLike = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
@@ -49,12 +50,15 @@ def image_name(image: ImageLike) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def load_image(image: ImageLike) -> np.ndarray:
+def load_image(image: ImageLike, max_side: int | None = None) -> np.ndarray:
     """Read ``image`` as an upright RGB array.
 
     Args:
         image: a path, encoded bytes, binary file object, PIL image or numpy array
             (see the module docstring for modes and dtypes).
+        max_side (int, optional): downscale (aspect kept) so that the longest side is at most
+            this many pixels. JPEG files are decoded at a reduced scale directly (PIL's draft
+            mode), so a 10000 x 10000 photo never takes 300 MB. None = full resolution.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB, C-contiguous; EXIF orientation applied; alpha composited
@@ -69,17 +73,20 @@ def load_image(image: ImageLike) -> np.ndarray:
         >>> load_image(skimage.data.astronaut()).shape
         (512, 512, 3)
     """
+    if max_side is not None and not (isinstance(max_side, (int, np.integer)) and max_side >= 16):
+        raise InvalidParameterError(f"max_side must be an integer >= 16 or None, got {max_side!r}")
     if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
+        return _limit_side(_array_to_rgb(image), max_side)
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(_upright(image), image_name(image))
+        return _limit_side(_pil_to_rgb(_upright(image), image_name(image), max_side), max_side)
     if isinstance(image, (str, os.PathLike)):
-        return _pil_to_rgb(*_open_path(os.fspath(image)))
+        return _limit_side(_pil_to_rgb(*_open_path(os.fspath(image), max_side), max_side), max_side)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _pil_to_rgb(_decode(io.BytesIO(bytes(image)), None), None)
+        return _limit_side(_pil_to_rgb(_decode(io.BytesIO(bytes(image)), None, max_side), None, max_side),
+                           max_side)
     if hasattr(image, "read"):
         name = image_name(image)
-        return _pil_to_rgb(_decode(image, name), name)
+        return _limit_side(_pil_to_rgb(_decode(image, name, max_side), name, max_side), max_side)
     raise ImageDecodeError(
         f"cannot read a portrait from a {type(image).__name__!r} object — pass a file path, "
         "a PIL image or an (H, W, 3) uint8 RGB numpy array")
@@ -87,7 +94,7 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- files
 
-def _open_path(path: str) -> tuple[Image.Image, str]:
+def _open_path(path: str, max_side: int | None = None) -> tuple[Image.Image, str]:
     p = Path(path)
     if not p.exists():
         raise ImageDecodeError(f"image file '{path}' does not exist — check the path")
@@ -98,14 +105,17 @@ def _open_path(path: str) -> tuple[Image.Image, str]:
         raise ImageDecodeError(f"image file '{path}' is empty (0 bytes) — the download or "
                                f"copy probably failed; {_WHAT_TO_DO}")
     with open(p, "rb") as f:
-        return _decode(f, path), path
+        return _decode(f, path, max_side), path
 
 
-def _decode(fp: BinaryIO, name: str | None) -> Image.Image:
-    """Decode fully (so truncation shows here), then apply EXIF orientation."""
+def _decode(fp: BinaryIO, name: str | None, max_side: int | None = None) -> Image.Image:
+    """Decode fully (so truncation shows here), then apply EXIF orientation. With
+    ``max_side``, JPEGs are decoded at the smallest DCT scale that keeps that many pixels."""
     shown = f"'{name}'" if name else "the image data"
     try:
         im = Image.open(fp)
+        if max_side is not None and im.format == "JPEG" and max(im.size) > max_side:
+            im.draft(None, (max_side, max_side))
         im.load()
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{shown} is not an image file PIL can read — "
@@ -127,9 +137,22 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+def _limit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale ``(H, W, 3)`` uint8 so its longest side is at most ``max_side`` px."""
+    h, w = rgb.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return rgb
+    k = max_side / max(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    return np.ascontiguousarray(np.asarray(
+        Image.fromarray(rgb).resize(size, Image.LANCZOS, reducing_gap=3.0), dtype=np.uint8))
+
+
 # ----------------------------------------------------------------------------- modes
 
-def _pil_to_rgb(im: Image.Image, name: str | None) -> np.ndarray:
+def _pil_to_rgb(im: Image.Image, name: str | None, max_side: int | None = None) -> np.ndarray:
+    """PIL image of any mode -> (H, W, 3) uint8 RGB; with ``max_side`` the RGB image is
+    downscaled before it becomes an array (one full-size copy fewer)."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _array_to_rgb(np.asarray(im))
@@ -142,11 +165,15 @@ def _pil_to_rgb(im: Image.Image, name: str | None) -> np.ndarray:
         background = Image.new("RGBA", im.size, _ALPHA_BACKGROUND + (255,))
         im = Image.alpha_composite(background, im)
     try:
-        rgb = im.convert("RGB")
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
     except (ValueError, OSError) as e:
         shown = f"'{name}'" if name else "the image"
         raise ImageDecodeError(f"{shown} has pixel mode {mode!r} that cannot be converted "
                                f"to RGB ({e}) — {_WHAT_TO_DO}") from None
+    if max_side is not None and max(rgb.size) > max_side:
+        k = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * k)), max(1, round(rgb.height * k))),
+                         Image.LANCZOS, reducing_gap=3.0)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 

@@ -10,9 +10,17 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..errors import NoFaceFoundError
 from .image import image_name, load_image
-from .landmarks import detect_faces, select_face
+from .landmarks import detect_faces, face_box, select_face
 from .pose import estimate_pose, to_canonical
+
+#: Portraits with a longer side are downscaled to it on load (JPEGs decoded at reduced scale),
+#: so memory stays bounded for huge photos; landmarks then refer to the downscaled image.
+MAX_IMAGE_SIDE = 4096
+#: Smallest face accepted, px (the longer side of the landmark box in the loaded image): a
+#: smaller face has too few pixels to animate; the renderer would only magnify blur.
+MIN_FACE_PX = 64
 
 
 @dataclass
@@ -38,11 +46,19 @@ def prepare_subject(image, face_index: Optional[int] = None) -> Subject:
     """Decode ``image`` (path, PIL image or array), find its faces and pick one.
 
     face_index: index into the faces ordered left to right; None picks the largest.
-    Raises ImageDecodeError, NoFaceFoundError or FaceIndexError with a message to act on.
+    Images longer than :data:`MAX_IMAGE_SIDE` px are downscaled first.
+    Raises ImageDecodeError, NoFaceFoundError (also for a face narrower than
+    :data:`MIN_FACE_PX` px) or FaceIndexError with a message to act on.
     """
-    rgb = load_image(image)
+    rgb = load_image(image, max_side=MAX_IMAGE_SIDE)
     faces = detect_faces(rgb)
     landmarks = select_face(faces, face_index, source=image_name(image))
+    box = face_box(landmarks)
+    size = max(box.x1 - box.x0, box.y1 - box.y0)   # a turned face is narrow but not short
+    if size < MIN_FACE_PX:
+        where = f"'{image_name(image)}'" if image_name(image) else "the image"
+        raise NoFaceFoundError(f"the face in {where} is only {size:.0f} px across — use a photo where "
+                               f"the face is at least {MIN_FACE_PX} px across (256 px or more looks best)")
     index = next(i for i, f in enumerate(faces) if np.array_equal(f, landmarks))
     pose = estimate_pose(landmarks)
     return Subject(rgb, landmarks.astype(np.float32), pose.astype(np.float32),

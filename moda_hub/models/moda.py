@@ -216,6 +216,9 @@ class ModaModel(ModelMixin, ConfigMixin):
         window (int, default 300), hop (int, default 240): inference windows in frames.
         fps (int, default 30): the frame rate the model was trained at.
         dropout (float, default 0.1).
+        latent_scale (float, default 1.0): prior samples are N(0, (temperature * latent_scale)^2);
+            set after training by ``moda_hub.training.train_moda.calibrate_latent_scale`` so that
+            sampled head motion has the spread of the training motion at temperature 1.
     """
 
     config_name = "config.json"
@@ -224,7 +227,8 @@ class ModaModel(ModelMixin, ConfigMixin):
     def __init__(self, features: str = "logmel+phones", audio_dim: int = 93, cond_dim: int = 1434, dim: int = 128, n_heads: int = 4,
                  n_layers: int = 2, ff_mult: int = 2, latent_dim: int = 8, latent_stride: int = 5,
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
-                 window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1):
+                 window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1,
+                 latent_scale: float = 1.0):
         super().__init__()
         self.part_dims = {"lip": len(LIPS) * 3, "eye": len(EYES) * 3, "head": 7, "torso": torso_dim}
         self.audio_encoder = AudioEncoder(audio_dim, dim, dropout)
@@ -334,7 +338,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         """Latent grid (B, L, Z) ~ N(0, temperature^2), drawn through ``generator`` on the CPU."""
         L = latent_length(num_frames, self.config.latent_stride)
         z = torch.randn(batch_size, L, self.config.latent_dim, generator=generator)
-        return (z * temperature).to(self.device, self.dtype)
+        return (z * (temperature * self.config.latent_scale)).to(self.device, self.dtype)
 
     @torch.no_grad()
     def generate(self, audio_features: torch.Tensor, cond: torch.Tensor, extra: Optional[torch.Tensor] = None,

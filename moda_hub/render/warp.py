@@ -1,0 +1,527 @@
+"""WarpRenderer: one-shot rendering of a portrait driven by face meshes, no weights.
+
+Each frame is a dense piecewise-affine backward warp of the portrait: MediaPipe's face
+tessellation, fills of the eye openings (with the iris points) and of the mouth opening, and a
+band of rings around the face oval that carries the head's motion out into a still
+background (the torso region below the chin follows ``torso_offset_px``). Overlapping
+triangles (head turns) are drawn far to near by depth and the silhouettes where the surface
+folds are softened. Where the lips part more than in the portrait an inner mouth (cavity,
+teeth, tongue) is synthesised. The eye-opening fill keeps the portrait's eye in place under a
+closing lid, and the upper-lid skin (drawn nearer) unfolds over it.
+
+Everything that depends only on the portrait is computed once by :meth:`WarpRenderer.prepare`;
+:meth:`WarpRenderer.render` then does per frame: vertex positions, per-triangle affine maps
+(destination -> source), a triangle-id raster (one ``cv2.fillConvexPoly`` per triangle),
+one gather of the affine coefficients per pixel and one ``cv2.remap``, then the inner mouth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from moda_hub.errors import InvalidParameterError
+from moda_hub.face import topology as topo
+from moda_hub.render import mesh as mesh_lib
+from moda_hub.render import mouth as mouth_lib
+from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
+
+_SUBPIXEL_BITS = 4  # fillConvexPoly fixed-point precision (1/16 px)
+
+
+@dataclass
+class PreparedPortrait:
+    """Everything :meth:`WarpRenderer.render` needs about one portrait (from :meth:`WarpRenderer.prepare`).
+
+    Canvas = the face crop the renderer draws (see :class:`~moda_hub.render.crop.CropBox`);
+    all positions below are canvas pixels unless said otherwise.
+
+    box: where the canvas sits in the full portrait.
+    texture: (h + 2 pad, w + 2 pad, 3) uint8, the portrait as the canvas sees it, padded.
+    pad: texture margin in pixels (canvas (x, y) is texture (x + pad, y + pad)).
+    full_image: (H, W, 3) uint8 portrait when frames are pasted back (output_size 0), else None.
+    paste_mask: paste-back weights (None for crops).
+    ref_landmarks: (478, 3) float32 reference mesh on the canvas.
+    vertices_src: (N, 2) float32 every vertex's source position, texture pixels (integer centres).
+    triangles: (F, 3) int32 over [478 landmarks, 28 eyeball vertices, band points]; rows
+        [0, n_ordered) are drawn first, in order (band, mouth fill, eye fills), rows
+        [n_ordered, F) are the face, sorted by depth per frame.
+    n_band: number of band triangles (the first rows).
+    band: band points and their motion weights.
+    iris_vertices: (K,) landmark ids of iris points inside the eye fills.
+    mouth: inner-mouth model.
+    edge_triangles: (E, 2) int32 rows of ``triangles`` on either side of each inner edge of the
+        band and face meshes; edge_vertices: (E, 2) int32 the edge's vertex ids; ref_orientation:
+        (F,) sign of each triangle's area in the reference. An edge between a triangle that keeps
+        its orientation and one that flips is a silhouette (the surface folds under a head turn).
+    map_stride: 1 or 2, the warp maps are computed on every (1) or every other (2) pixel and
+        upsampled bilinearly (piecewise-affine maps are nearly linear, occlusion edges get soft).
+    grid_x, grid_y: (gh, gw) float32 full-canvas pixel positions (integer centres) where the maps
+        are computed; with stride 2, one extra sample on every side.
+    """
+
+    box: CropBox
+    texture: np.ndarray
+    pad: int
+    full_image: Optional[np.ndarray]
+    paste_mask: Optional[Feather]
+    ref_landmarks: np.ndarray
+    vertices_src: np.ndarray
+    triangles: np.ndarray
+    n_ordered: int
+    n_band: int
+    band: mesh_lib.Band
+    iris_vertices: np.ndarray
+    mouth: mouth_lib.MouthModel
+    edge_triangles: np.ndarray
+    edge_vertices: np.ndarray
+    ref_orientation: np.ndarray
+    map_stride: int
+    grid_x: np.ndarray
+    grid_y: np.ndarray
+
+    @property
+    def image(self) -> np.ndarray:
+        """(h, w, 3) uint8: the portrait on the canvas (what rendering the reference mesh gives)."""
+        p = self.pad
+        return self.texture[p:p + self.box.height, p:p + self.box.width]
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """(height, width) of rendered frames."""
+        if self.full_image is not None:
+            return self.full_image.shape[:2]
+        return self.box.height, self.box.width
+
+    def to_output_px(self, landmarks_px: np.ndarray) -> np.ndarray:
+        """Full-portrait pixels (..., 2 or 3) -> pixels of the rendered frames."""
+        if self.full_image is not None:
+            return np.asarray(landmarks_px, np.float32)
+        return self.box.to_canvas(landmarks_px)
+
+
+class WarpRenderer(SchedulerMixin, ConfigMixin):
+    r"""One-shot portrait renderer: dense mesh warp + inner-mouth synthesis, no weights.
+
+    Saved as a config only (``renderer_config.json``), the way diffusers saves a scheduler, so
+    ``WarpRenderer.from_pretrained(folder, subfolder="renderer")`` works offline and a
+    weighted renderer with the same ``prepare`` / ``render`` methods can take its place.
+
+    Args:
+        output_size (int, default 512): side of the square face crop that is rendered, in
+            pixels (e.g. 256 or 512); 0 renders at the portrait's resolution and pastes the face
+            region back into the full image.
+        crop_scale (float, default 2.2): crop side over the face's larger side.
+        crop_shift_y (float, default 0.05): crop centre moved down by this fraction of the side
+            (more neck and shoulders, less sky).
+        feather (float, default 0.04): paste-back seam width, fraction of the face region's side.
+        band_scales (list of float, default [1.2, 1.5, 1.9]): rings of band points around the
+            face oval, in oval radii from the face centre (kept inside the crop).
+        band_head_weights (list of float, default [1.0, 0.5, 0.0]): how much of the head's
+            motion each ring follows; the background beyond a 0 ring stays still.
+        torso_start, torso_end (float, default 0.15, 0.6): below the chin by this many face
+            heights the band starts / fully follows ``torso_offset_px`` instead of the head.
+        teeth_height (float, default 0.15): visible upper-teeth height, in mouth widths
+            (corner to corner), below the upper inner lip.
+        lower_teeth_height (float, default 0.0): visible lower-teeth height in the middle of the
+            mouth, mouth widths (0: hidden by the lower lip).
+        teeth_brightness (float, default 0.95): teeth colour = the portrait's own teeth, sclera
+            or brightest whites (see :func:`~moda_hub.render.mouth.mouth_colours`) times this.
+        cavity_darkness (float, default 0.25): mouth cavity colour = lip colour times this.
+        mouth_open_threshold (float, default 0.01): inner-lip gap beyond the portrait's, in mouth
+            widths, where the synthetic inner mouth starts to show ...
+        mouth_blend_range (float, default 0.04): ... and how much more until it is fully shown.
+        eyelid_fold (list of float, default [0.7, 0.25]): when an upper lid moves down (blink),
+            the two rings of points above it move down by these fractions of its travel, so the
+            lid skin unfolds over the eye instead of the lash line stretching.
+        texture_pad (float, default 0.08): margin of portrait kept around the canvas for pixels
+            that move in from outside, fraction of the canvas side.
+        map_stride (int, default 1): 1 computes the warp map at every pixel; 2 on every other
+            pixel, upsampled (eyes and mouth still per pixel) -- about 10% faster on canvases
+            of ~1000 x 500 px and more, no faster on 512 x 512.
+
+    Example:
+        >>> import numpy as np, skimage.data
+        >>> from moda_hub.face.landmarks import detect_faces
+        >>> from moda_hub.render import WarpRenderer
+        >>> image = skimage.data.astronaut()
+        >>> ref = detect_faces(image)[0]                        # (478, 3) image pixels
+        >>> renderer = WarpRenderer(output_size=256)
+        >>> prepared = renderer.prepare(image, ref)
+        >>> frames = renderer.render(prepared, np.stack([ref, ref]))
+        >>> frames.shape
+        (2, 256, 256, 3)
+    """
+
+    config_name = "renderer_config.json"
+    _compatibles: list = []
+    has_compatibles = False
+
+    @register_to_config
+    def __init__(self, output_size: int = 512, crop_scale: float = 2.2, crop_shift_y: float = 0.05,
+                 feather: float = 0.04, band_scales: tuple = (1.2, 1.5, 1.9),
+                 band_head_weights: tuple = (1.0, 0.5, 0.0), torso_start: float = 0.15,
+                 torso_end: float = 0.6, teeth_height: float = 0.15, lower_teeth_height: float = 0.0,
+                 teeth_brightness: float = 0.95, cavity_darkness: float = 0.25,
+                 mouth_open_threshold: float = 0.01, mouth_blend_range: float = 0.04,
+                 eyelid_fold: tuple = (0.7, 0.25), texture_pad: float = 0.08, map_stride: int = 1):
+        if output_size < 0:
+            raise InvalidParameterError(
+                f"output_size must be 0 (full image) or a size in pixels like 256 or 512, got {output_size}")
+        if crop_scale < 1.2:
+            raise InvalidParameterError(
+                f"crop_scale must be at least 1.2 (the crop holds the face and a band around it), got {crop_scale}")
+        # config.json stores lists; keep the in-memory config the same as a reloaded one
+        self.register_to_config(band_scales=[float(v) for v in band_scales],
+                                band_head_weights=[float(v) for v in band_head_weights],
+                                eyelid_fold=[float(v) for v in eyelid_fold])
+        if map_stride not in (1, 2):
+            raise InvalidParameterError(f"map_stride must be 1 or 2, got {map_stride}")
+        if len(eyelid_fold) != 2:
+            raise InvalidParameterError("eyelid_fold must be two fractions, e.g. [0.7, 0.25]")
+        if len(band_scales) != len(band_head_weights) or list(band_scales) != sorted(band_scales) \
+                or min(band_scales) <= 1.0:
+            raise InvalidParameterError(
+                "band_scales must be increasing values > 1, one per band_head_weights entry")
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, image_rgb: np.ndarray, ref_landmarks_px: np.ndarray,
+                output_size: Optional[int] = None) -> PreparedPortrait:
+        """Precompute everything that depends only on the portrait.
+
+        Args:
+            image_rgb ((H, W, 3) uint8): the portrait, RGB.
+            ref_landmarks_px ((478, 3) float): its MediaPipe mesh, full-image pixels (z = MediaPipe
+                z times the image width).
+            output_size (int, optional): overrides ``config.output_size`` (0 = full image).
+
+        Returns:
+            [`PreparedPortrait`] to pass to :meth:`render` for any number of frames.
+        """
+        cfg = self.config
+        image = np.ascontiguousarray(np.asarray(image_rgb))
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InvalidParameterError(
+                f"image_rgb must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}; "
+                "load it with moda_hub.face.image.load_image")
+        ref = np.asarray(ref_landmarks_px, np.float32)
+        if ref.shape != (topo.NUM_LANDMARKS, 3):
+            raise InvalidParameterError(f"ref_landmarks_px must be (478, 3) image pixels, got {ref.shape}")
+        size = cfg.output_size if output_size is None else int(output_size)
+        box = face_crop_box(ref, image.shape[:2], size, cfg.crop_scale, cfg.crop_shift_y)
+        pad = int(round(cfg.texture_pad * max(box.width, box.height))) + 2
+        texture = crop_texture(image, box, pad)
+        full = size == 0
+        ref_c = box.to_canvas(ref)
+        xy = ref_c[:, :2]
+
+        # triangles: band, mouth fill, eye fills (drawn first, in order), then the face
+        n_eyeball = len(mesh_lib.EYEBALL_SOURCES)
+        band = mesh_lib.build_band(xy, (box.width, box.height), tuple(cfg.band_scales),
+                                   tuple(cfg.band_head_weights), cfg.torso_start, cfg.torso_end,
+                                   pinned_edges=box.inner_edges if full else (False,) * 4,
+                                   first_id=topo.NUM_LANDMARKS + n_eyeball)
+        eye_tris, iris = mesh_lib.eye_fill_triangles(xy)
+        tris = np.concatenate([band.triangles, mesh_lib.mouth_fill_triangles(), eye_tris,
+                               mesh_lib.face_triangles()]).astype(np.int32)
+        n_ordered = len(tris) - len(mesh_lib.face_triangles())
+        vertices = np.concatenate([xy, xy[mesh_lib.EYEBALL_SOURCES], band.points]).astype(np.float32)
+        # source positions: texture pixels with integer centres
+        vertices_src = vertices + np.float32(pad - 0.5)
+        edge_tris, edge_verts = _inner_edges(tris, skip=range(len(band.triangles), n_ordered))
+        q = vertices[tris]
+        orientation = np.sign((q[:, 1, 0] - q[:, 0, 0]) * (q[:, 2, 1] - q[:, 0, 1])
+                              - (q[:, 1, 1] - q[:, 0, 1]) * (q[:, 2, 0] - q[:, 0, 0])).astype(np.float32)
+
+        mouth = mouth_lib.MouthModel.from_portrait(
+            texture[pad:pad + box.height, pad:pad + box.width], xy,
+            teeth_brightness=cfg.teeth_brightness, cavity_darkness=cfg.cavity_darkness,
+            teeth_height=cfg.teeth_height, lower_teeth_height=cfg.lower_teeth_height,
+            open_threshold=cfg.mouth_open_threshold, blend_range=cfg.mouth_blend_range)
+        stride = int(cfg.map_stride)
+        if stride == 1:
+            gy, gx = np.mgrid[0:box.height, 0:box.width].astype(np.float32)
+        else:
+            # every other pixel, one extra sample on each side: position 2 (k - 1) + 0.5
+            half = np.mgrid[-1:(box.height + 1) // 2 + 1, -1:(box.width + 1) // 2 + 1]
+            gy, gx = (2.0 * half + 0.5).astype(np.float32)
+        return PreparedPortrait(
+            box=box, texture=texture, pad=pad, full_image=image if full else None,
+            paste_mask=feather_mask(box, int(round(cfg.feather * max(box.width, box.height)))) if full else None,
+            ref_landmarks=ref_c, vertices_src=vertices_src, triangles=tris, n_ordered=n_ordered,
+            n_band=len(band.triangles), band=band, iris_vertices=iris, mouth=mouth,
+            edge_triangles=edge_tris, edge_vertices=edge_verts, ref_orientation=orientation,
+            map_stride=stride, grid_x=gx, grid_y=gy)
+
+    # ------------------------------------------------------------------ render
+    def render(self, prepared: PreparedPortrait, landmarks_px: np.ndarray,
+               torso_offset_px: Optional[np.ndarray] = None) -> np.ndarray:
+        """Render frames of the prepared portrait driven by face meshes.
+
+        Args:
+            prepared ([`PreparedPortrait`]): from :meth:`prepare`.
+            landmarks_px ((T, 478, 3) or (478, 3) float): meshes in full-portrait pixels.
+            torso_offset_px ((T, 2) float, optional): x, y shift of the upper body, full-portrait
+                pixels; None keeps the torso still.
+
+        Returns:
+            (T, h, w, 3) uint8: square crops (output_size > 0) or full portraits (output_size 0).
+        """
+        lm = np.asarray(landmarks_px, np.float32)
+        if lm.ndim == 2:
+            lm = lm[None]
+        if lm.ndim != 3 or lm.shape[1:] != (topo.NUM_LANDMARKS, 3):
+            raise InvalidParameterError(f"landmarks_px must be (T, 478, 3) image pixels, got {lm.shape}")
+        T = len(lm)
+        if torso_offset_px is None:
+            torso = np.zeros((T, 2), np.float32)
+        else:
+            torso = np.asarray(torso_offset_px, np.float32)
+            if torso.shape != (T, 2):
+                raise InvalidParameterError(
+                    f"torso_offset_px must be (T, 2) = ({T}, 2) image pixels, one row per mesh, got {torso.shape}")
+        h, w = prepared.output_hw
+        frames = np.empty((T, h, w, 3), np.uint8)
+        ids = np.empty(prepared.grid_x.shape, np.int32)
+        for t in range(T):
+            canvas = self._render_canvas(prepared, lm[t], torso[t], ids)
+            if prepared.full_image is not None:
+                paste_back(prepared.full_image, canvas, prepared.box, prepared.paste_mask, out=frames[t])
+            else:
+                frames[t] = canvas
+        return frames
+
+    def _vertices(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray):
+        """Frame vertex positions (N, 2) and landmark depths (478,), canvas pixels."""
+        lm = p.box.to_canvas(lm_full)
+        xy = lm[:, :2].copy()
+        eyeball = _eyelids(xy, p.ref_landmarks[:, :2], p.iris_vertices, self.config.eyelid_fold)
+        disp = xy[topo.FACE_OVAL] - p.ref_landmarks[topo.FACE_OVAL, :2]
+        b = p.band
+        band = b.points + b.head_weight[:, None] * disp[b.oval_index] \
+            + b.torso_weight[:, None] * (torso_full * np.float32(p.box.scale))[None]
+        return np.concatenate([xy, eyeball, band]), lm[:, 2]
+
+    def _render_canvas(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray,
+                       ids: np.ndarray) -> np.ndarray:
+        verts, z = self._vertices(p, lm_full, torso_full)
+        tri = p.triangles
+        # 1. affine map per triangle, destination (canvas px) -> source (texture px)
+        d = verts[tri]                                            # (F, 3, 2)
+        s = p.vertices_src[tri]
+        d1, d2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
+        det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]           # twice the signed area
+        ok = np.abs(det) > 0.05
+        inv_det = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        s1, s2 = s[:, 1] - s[:, 0], s[:, 2] - s[:, 0]
+        # A = [s1 s2] @ inv([d1 d2]);  inv = [[d2y, -d2x], [-d1y, d1x]] / det
+        a_x = (s1 * d2[:, 1:2] - s2 * d1[:, 1:2]) * inv_det[:, None]   # (F, 2): d src / d x
+        a_y = (s2 * d1[:, 0:1] - s1 * d2[:, 0:1]) * inv_det[:, None]   # (F, 2): d src / d y
+        # source of pixel (i, j): a_x * (i + 0.5) + a_y * (j + 0.5) + c
+        c = s[:, 0] - a_x * d[:, 0, 0:1] - a_y * d[:, 0, 1:2] + 0.5 * (a_x + a_y)
+        # 2. draw order: band, fills, then the face far to near (larger z = farther)
+        n_ord, n_band = p.n_ordered, p.n_band
+        ref_band = p.vertices_src[tri[:n_band]] - np.float32(p.pad - 0.5)   # band triangles at rest
+        moved = np.abs(verts[tri[:n_band]] - ref_band).max(axis=(1, 2)) > 1e-3
+        zf = z[tri[n_ord:]].mean(axis=1)
+        order = np.concatenate([np.flatnonzero(moved), np.arange(n_band, n_ord),
+                                n_ord + np.argsort(-zf, kind="stable")])
+        order = order[ok[order]]
+        # 3. per-pixel source coordinates from a triangle-id raster; id 0 = not covered = identity
+        pad = np.float32(p.pad)
+        tab = np.empty((6, len(tri) + 1), np.float32)
+        tab[:, 0] = (1.0, 0.0, pad, 0.0, 1.0, pad)
+        tab[0, 1:], tab[1, 1:], tab[2, 1:] = a_x[:, 0], a_y[:, 0], c[:, 0]
+        tab[3, 1:], tab[4, 1:], tab[5, 1:] = a_x[:, 1], a_y[:, 1], c[:, 1]
+        one = 1 << _SUBPIXEL_BITS
+        pts = np.round((d - 0.5) * one).astype(np.int32)         # full-res pixel units, fixed point
+        if p.map_stride == 1:
+            _rasterize(ids, pts, order)
+            map_x, map_y = _gather_maps(tab, ids, p.grid_x, p.grid_y)
+        else:
+            _rasterize(ids, np.round((d * 0.5 + 0.5) * one).astype(np.int32), order)
+            map_x, map_y = _gather_maps(tab, ids, p.grid_x, p.grid_y)
+            h, w = p.box.height, p.box.width
+            size = (2 * ids.shape[1], 2 * ids.shape[0])
+            map_x = cv2.resize(map_x, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
+            map_y = cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
+            # where the map jumps (lids or lips meeting over the eye or the mouth), interpolating
+            # it would show what lies between in the portrait: recompute eyes and mouth per pixel
+            lo, hi = d[order].min(axis=1), d[order].max(axis=1)    # bounds of the drawn triangles
+            for x0, y0, x1, y1 in _detail_boxes(verts, w, h):
+                hit = order[(hi[:, 0] >= x0) & (lo[:, 0] <= x1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1)]
+                sub = np.empty((y1 - y0, x1 - x0), np.int32)
+                _rasterize(sub, pts[hit] - np.int32([x0 * one, y0 * one]), hit, aligned=True)
+                gx = np.arange(x0, x1, dtype=np.float32)[None, :]
+                gy = np.arange(y0, y1, dtype=np.float32)[:, None]
+                map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1] = _gather_maps(tab, sub, gx, gy)
+        canvas = cv2.remap(p.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # 4. soften silhouettes where the surface folds (head turns): natural edges are not sharp
+        flipped = (det * p.ref_orientation < 0) & ok
+        e0, e1 = p.edge_triangles[:, 0], p.edge_triangles[:, 1]
+        silhouette = (flipped[e0] != flipped[e1]) & ok[e0] & ok[e1]
+        if silhouette.any():
+            _soften_lines(canvas, verts[p.edge_vertices[silhouette]])
+        # 5. inner mouth where the lips part more than in the portrait
+        xy = verts[:topo.NUM_LANDMARKS]
+        alpha = mouth_lib.activity(xy, p.mouth)
+        if alpha > 0:
+            mouth_lib.synthesize(canvas, xy, p.mouth, alpha)
+        return canvas
+
+
+def _inner_edges(triangles: np.ndarray, skip) -> tuple[np.ndarray, np.ndarray]:
+    """Edges shared by two triangles (rows in ``skip`` left out): (E, 2) triangle rows, (E, 2) vertex ids."""
+    skip = set(skip)
+    owner: dict[tuple[int, int], int] = {}
+    tri_pairs, vert_pairs = [], []
+    for k, t in enumerate(triangles.tolist()):
+        if k in skip:
+            continue
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+            key = (a, b) if a < b else (b, a)
+            if key in owner:
+                tri_pairs.append((owner.pop(key), k))
+                vert_pairs.append(key)
+            else:
+                owner[key] = k
+    return np.asarray(tri_pairs, np.int32).reshape(-1, 2), np.asarray(vert_pairs, np.int32).reshape(-1, 2)
+
+
+def _soften_lines(canvas: np.ndarray, segments: np.ndarray, width: int = 3) -> None:
+    """Blur ``canvas`` (h, w, 3) uint8 in place along line segments (S, 2, 2) px, feathered."""
+    h, w = canvas.shape[:2]
+    x0, y0 = np.floor(segments.reshape(-1, 2).min(axis=0)).astype(int) - 4
+    x1, y1 = np.ceil(segments.reshape(-1, 2).max(axis=0)).astype(int) + 5
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    roi = canvas[y0:y1, x0:x1]
+    mask = np.zeros(roi.shape[:2], np.uint8)
+    lines = np.round((segments - 0.5 - np.float32([x0, y0])) * 16).astype(np.int32)
+    cv2.polylines(mask, list(lines), False, 255, width, cv2.LINE_AA, 4)
+    m = (mask.astype(np.float32) * (1.0 / 255.0))[..., None]
+    blurred = cv2.GaussianBlur(roi, (5, 5), 1.0)
+    roi[...] = (roi + m * (blurred.astype(np.float32) - roi) + 0.5).astype(np.uint8)
+
+
+def _rasterize(ids: np.ndarray, pts: np.ndarray, order: np.ndarray, aligned: bool = False) -> None:
+    """Triangle ids (row + 1) into ``ids`` (h, w) int32, drawn in ``order`` (later on top).
+
+    pts: (F, 3, 2) int32 corners in ids' pixel units (integer centres), fixed point with
+    ``_SUBPIXEL_BITS`` fractional bits; with ``aligned``, pts[i] belongs to triangle order[i].
+    """
+    ids.fill(0)
+    if aligned:
+        for k, q in zip((order + 1).tolist(), pts):
+            cv2.fillConvexPoly(ids, q, k, cv2.LINE_8, _SUBPIXEL_BITS)
+    else:
+        for k in order.tolist():
+            cv2.fillConvexPoly(ids, pts[k], k + 1, cv2.LINE_8, _SUBPIXEL_BITS)
+
+
+def _gather_maps(tab: np.ndarray, ids: np.ndarray, gx: np.ndarray, gy: np.ndarray):
+    """Source coordinates (map_x, map_y) of pixels at (gx, gy) (broadcastable to ids' shape)
+    from their triangles' affine coefficients tab (6, F + 1)."""
+    ids = ids.astype(np.intp)                 # once, not in every take
+    map_x = np.take(tab[0], ids)
+    map_x *= gx
+    map_x += np.take(tab[1], ids) * gy
+    map_x += np.take(tab[2], ids)
+    map_y = np.take(tab[3], ids)
+    map_y *= gx
+    map_y += np.take(tab[4], ids) * gy
+    map_y += np.take(tab[5], ids)
+    return map_x, map_y
+
+
+# Regions drawn per pixel even with map_stride 2: each eye with its lids and the mouth.
+_DETAIL_REGIONS = (
+    np.concatenate([topo.RIGHT_EYE_LOOP, mesh_lib.EYES[0].upper_ring1, mesh_lib.EYES[0].upper_ring2]),
+    np.concatenate([topo.LEFT_EYE_LOOP, mesh_lib.EYES[1].upper_ring1, mesh_lib.EYES[1].upper_ring2]),
+    topo.LIPS_OUTER,
+)
+
+
+def _detail_boxes(verts: np.ndarray, w: int, h: int, margin: int = 3):
+    """Pixel boxes (x0, y0, x1, y1) around the eyes and the mouth, inside the canvas."""
+    boxes = []
+    for ids in _DETAIL_REGIONS:
+        q = verts[ids]
+        x0, y0 = np.floor(q.min(axis=0)).astype(int) - margin
+        x1, y1 = np.ceil(q.max(axis=0)).astype(int) + margin
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 > x0 and y1 > y0:
+            boxes.append((int(x0), int(y0), int(x1), int(y1)))
+    return boxes
+
+
+# Both eyes at once: (2, ...) index arrays.
+_EYE_A = np.array([e.upper[0] for e in mesh_lib.EYES])
+_EYE_B = np.array([e.upper[-1] for e in mesh_lib.EYES])
+_EYE_UP = np.stack([e.upper[1:-1] for e in mesh_lib.EYES])
+_EYE_LO = np.stack([e.lower[1:-1] for e in mesh_lib.EYES])
+_EYE_RINGS = np.stack([np.stack([e.upper_ring1, e.upper_ring2]) for e in mesh_lib.EYES])   # (2, 2, 7)
+
+
+def _eyelids(xy: np.ndarray, ref_xy: np.ndarray, iris_vertices: np.ndarray, fold) -> np.ndarray:
+    """Eyelid handling for one frame; returns the eyeball vertices (28, 2), edits ``xy`` in place.
+
+    xy, ref_xy: (478, 2) frame / reference landmarks, canvas px. Per eye, the reference lids are
+    carried rigidly by the eye corners (a similarity); where a lid has moved towards the other
+    (a blink) the eyeball vertex stays at the carried reference lid, so the eye-opening fill keeps
+    its shape and the lid (drawn nearer) covers it; where a lid has opened further, the eyeball
+    vertex follows the lid. When an upper lid comes down, the two rings above it are
+    brought down to at least ``fold`` fractions of the lid's travel (the lid skin unfolds; rings
+    the mesh already moved that far are left alone). Iris points are kept inside the eyeball
+    opening. With the reference mesh nothing moves.
+    """
+    a, b = xy[_EYE_A].astype(np.float64), xy[_EYE_B].astype(np.float64)          # (2, 2)
+    a0, b0 = ref_xy[_EYE_A].astype(np.float64), ref_xy[_EYE_B].astype(np.float64)
+    d, d0 = b - a, b0 - a0
+    # similarity carrying the reference eye onto this frame's corners: z -> a + rot * (z - a0)
+    den = np.maximum((d0 ** 2).sum(1), 1e-12)
+    cos = (d * d0).sum(1) / den
+    sin = (d0[:, 0] * d[:, 1] - d0[:, 1] * d[:, 0]) / den
+    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-6)
+    e = d / length[:, None]
+    n = np.stack([-e[:, 1], e[:, 0]], 1)                                              # down
+
+    def carried(ids):                                                                 # ids (2, K)
+        q = ref_xy[ids] - a0[:, None]
+        return a[:, None] + np.stack([cos[:, None] * q[..., 0] - sin[:, None] * q[..., 1],
+                                      sin[:, None] * q[..., 0] + cos[:, None] * q[..., 1]], -1)
+
+    rig_up, rig_lo = carried(_EYE_UP), carried(_EYE_LO)
+    cur_up, cur_lo = xy[_EYE_UP], xy[_EYE_LO]
+    t_up = ((cur_up - rig_up) * n[:, None]).sum(-1)               # > 0: upper lid came down
+    t_lo = ((cur_lo - rig_lo) * n[:, None]).sum(-1)               # < 0: lower lid came up
+    ball_up = np.where(t_up[..., None] > 0, rig_up, cur_up)
+    ball_lo = np.where(t_lo[..., None] < 0, rig_lo, cur_lo)
+    closing = np.maximum(t_up, 0.0)
+    if closing.any():
+        for k in range(2):
+            ring = _EYE_RINGS[:, k]
+            moved = ((xy[ring] - carried(ring)) * n[:, None]).sum(-1)             # what the mesh did
+            push = np.maximum(fold[k] * closing - moved, 0.0)
+            xy[ring] += (push[..., None] * n[:, None]).astype(xy.dtype)
+    if len(iris_vertices):
+        for i, eye in enumerate(mesh_lib.EYES):
+            mine = [v for v in iris_vertices if v == eye.iris_centre or v in eye.iris_ring]
+            if not mine:
+                continue
+            upper = np.concatenate([a[i, None], ball_up[i], b[i, None]]) - a[i]
+            lower = np.concatenate([a[i, None], ball_lo[i], b[i, None]]) - a[i]
+            up_u, lo_u = np.maximum.accumulate(upper @ e[i]), np.maximum.accumulate(lower @ e[i])
+            q = xy[mine] - a[i]
+            u = np.clip(q @ e[i], 0.0, length[i])
+            v = q @ n[i]
+            v_up, v_lo = np.interp(u, up_u, upper @ n[i]), np.interp(u, lo_u, lower @ n[i])
+            v = np.clip(v, np.minimum(v_up, v_lo), np.maximum(v_up, v_lo))
+            if np.any(v != q @ n[i]) or np.any(u != q @ e[i]):
+                xy[mine] = (a[i] + u[:, None] * e[i] + v[:, None] * n[i]).astype(xy.dtype)
+    return np.concatenate([ball_up[0], ball_lo[0], ball_up[1], ball_lo[1]]).astype(np.float32)

@@ -1,0 +1,318 @@
+"""WarpRenderer: the portrait comes back unchanged, target meshes come out where MediaPipe sees
+them, the background stays, the inner mouth is a steady texture, paste-back and config I/O."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from moda_hub.errors import InvalidParameterError
+from moda_hub.face import topology as topo
+from moda_hub.face.landmarks import detect_faces
+from moda_hub.render import WarpRenderer
+
+
+# ----------------------------------------------------------------------------- target meshes
+def open_jaw(lm: np.ndarray, degrees: float = 8.0) -> np.ndarray:
+    """Rotate the lower lip, chin and jaw about a hinge between the ears (x axis), in 3D.
+
+    Weights: lower lip 1 in the middle, falling to 0.5 at the mouth corners; upper lip 0;
+    other points ramp from 0 above the mouth corners to 1 towards the chin.
+    """
+    lm = lm.astype(np.float64).copy()
+    pivot = (lm[234] + lm[454]) / 2
+    y_corners = (lm[61, 1] + lm[291, 1]) / 2
+    ramp = np.clip((lm[:, 1] - y_corners) / (0.35 * (lm[152, 1] - y_corners)) + 0.15, 0, 1)
+    w = ramp * ramp * (3 - 2 * ramp)
+    upper = [191, 80, 81, 82, 13, 312, 311, 310, 415, 185, 40, 39, 37, 0, 267, 269, 270, 409]
+    lower = [95, 88, 178, 87, 14, 317, 402, 318, 324, 146, 91, 181, 84, 17, 314, 405, 321, 375]
+    x_mid, half = (lm[61, 0] + lm[291, 0]) / 2, abs(lm[291, 0] - lm[61, 0]) / 2
+    w[upper] = 0.0
+    w[lower] = 1 - 0.5 * np.clip(np.abs(lm[lower, 0] - x_mid) / half, 0, 1) ** 2
+    w[[61, 291, 78, 308]] = 0.5
+    w[468:] = 0.0
+    th = np.radians(degrees) * w
+    dy, dz = lm[:, 1] - pivot[1], lm[:, 2] - pivot[2]
+    lm[:, 1] = pivot[1] + dy * np.cos(th) - dz * np.sin(th)
+    lm[:, 2] = pivot[2] + dy * np.sin(th) + dz * np.cos(th)
+    return lm.astype(np.float32)
+
+
+def turn_head(lm: np.ndarray, yaw_degrees: float = 10.0) -> np.ndarray:
+    """Rotate the whole mesh about its centroid around the vertical axis; orthographic, z kept."""
+    lm = lm.astype(np.float64).copy()
+    c = lm[:468].mean(axis=0)
+    a = np.radians(yaw_degrees)
+    dx, dz = lm[:, 0] - c[0], lm[:, 2] - c[2]
+    lm[:, 0] = c[0] + dx * np.cos(a) + dz * np.sin(a)
+    lm[:, 2] = c[2] - dx * np.sin(a) + dz * np.cos(a)
+    return lm.astype(np.float32)
+
+
+def close_eyes(lm: np.ndarray) -> np.ndarray:
+    """Upper-lid margin points onto their lower-lid partners; irises onto the closed lid line."""
+    lm = lm.copy()
+    eyes = [(topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER, topo.RIGHT_IRIS_CENTER, topo.RIGHT_IRIS),
+            (topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER, topo.LEFT_IRIS_CENTER, topo.LEFT_IRIS)]
+    for upper, lower, centre, ring in eyes:
+        lm[upper[1:-1]] = lm[lower[1:-1]]
+        order = np.argsort(lm[lower, 0])
+        for i in (centre, *ring):
+            lm[i, 1] = np.interp(lm[i, 0], lm[lower, 0][order], lm[lower, 1][order])
+    return lm
+
+
+# jaw 8 degrees: the astronaut's inner-lip gap goes from 0.11 to 0.21 of the eye-corner distance
+TARGETS = {"jaw_open_8deg": open_jaw, "yaw_10deg": turn_head,
+           "yaw_minus_10deg": lambda lm: turn_head(lm, -10.0), "eyes_closed": close_eyes}
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def astronaut():
+    image = skimage.data.astronaut()
+    return image, detect_faces(image)[0]
+
+
+@pytest.fixture(scope="module")
+def grace_hopper():
+    import matplotlib.cbook
+    from PIL import Image
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
+        image = np.asarray(im.convert("RGB"))
+    return image, detect_faces(image)[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def iod(lm: np.ndarray) -> float:
+    return float(np.linalg.norm(lm[topo.EYE_OUTER_RIGHT, :2] - lm[topo.EYE_OUTER_LEFT, :2]))
+
+
+def mean_error(seen: np.ndarray, target: np.ndarray) -> float:
+    """Mean 2-D distance over all 478 points, as a fraction of the target's inter-ocular distance."""
+    return float(np.linalg.norm(seen[:, :2] - target[:, :2], axis=1).mean() / iod(target))
+
+
+def mouth_pixels(lm_out: np.ndarray, hw: tuple[int, int], erode: int = 2) -> np.ndarray:
+    """Boolean mask of pixels well inside the inner lips (landmarks in output pixels)."""
+    mask = np.zeros(hw, np.uint8)
+    cv2.fillPoly(mask, [np.round((lm_out[topo.LIPS_INNER, :2] - 0.5) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return cv2.erode(mask, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8)) > 0
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("output_size,map_stride", [(512, 1), (256, 1), (0, 1), (512, 2)])
+def test_reference_mesh_reproduces_portrait(astronaut, output_size, map_stride):
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=output_size, map_stride=map_stride)
+    prepared = renderer.prepare(image, ref)
+    frames = renderer.render(prepared, np.stack([ref, ref]))
+    portrait = image if output_size == 0 else prepared.image
+    assert frames.shape == (2, *portrait.shape) and frames.dtype == np.uint8
+    assert psnr(frames[0], portrait) >= 40.0
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
+def test_rendered_targets_match_landmarks_within_2pct_iod(astronaut):
+    """MediaPipe on the rendered frames finds the target meshes: mean error <= 2% of the
+    inter-ocular distance. Full-image output, so MediaPipe sees the portrait framed as when the
+    reference mesh was found (rendering the reference gives the identical image, error 0)."""
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=0)
+    prepared = renderer.prepare(image, ref)
+    targets = {name: make(ref) for name, make in TARGETS.items()}
+    frames = renderer.render(prepared, np.stack(list(targets.values())))
+    errors, seen = {}, {}
+    for (name, target), frame in zip(targets.items(), frames):
+        seen[name] = detect_faces(frame)[0]
+        errors[name] = mean_error(seen[name], target)
+    assert all(e <= 0.02 for e in errors.values()), errors
+    # what each target is about is what MediaPipe sees
+    assert topo.mouth_aperture(seen["jaw_open_8deg"]) > topo.mouth_aperture(ref) + 0.06
+    assert topo.eye_openness(seen["eyes_closed"]) < 0.5 * topo.eye_openness(ref)
+    for name in ("yaw_10deg", "yaw_minus_10deg"):
+        shift = seen[name][topo.NOSE_TIP, 0] - ref[topo.NOSE_TIP, 0]
+        assert np.sign(shift) == np.sign(targets[name][topo.NOSE_TIP, 0] - ref[topo.NOSE_TIP, 0])
+
+
+def test_rendered_crop_moves_landmarks_as_the_targets_do(astronaut):
+    """On a 512 face crop MediaPipe reads even the unchanged portrait ~1.3% IOD off the mesh found
+    on the full image (its result depends on the framing). Measured from its reading of the
+    rendered reference, the landmarks move as the targets ask, within 2% IOD."""
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=512)
+    prepared = renderer.prepare(image, ref)
+    targets = [make(ref) for make in TARGETS.values()]
+    frames = renderer.render(prepared, np.stack([ref, *targets]))
+    base = detect_faces(frames[0])[0]
+    ref_out = prepared.to_output_px(ref)
+    for target, frame in zip(targets, frames[1:]):
+        moved = detect_faces(frame)[0][:, :2] - base[:, :2]
+        asked = prepared.to_output_px(target)[:, :2] - ref_out[:, :2]
+        assert np.linalg.norm(moved - asked, axis=1).mean() / iod(ref_out) <= 0.02
+
+
+@pytest.mark.parametrize("output_size", [512, 0])
+def test_background_still_far_from_face(astronaut, output_size):
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=output_size)
+    prepared = renderer.prepare(image, ref)
+    moved = turn_head(open_jaw(ref, 12.0), 10.0)
+    moved[:, :2] += (6.0, -4.0)                                      # and the head shifts
+    frame = renderer.render(prepared, moved[None])[0]
+    portrait = image if output_size == 0 else prepared.image
+    out = prepared.to_output_px(ref)
+    oval = out[topo.FACE_OVAL, :2]
+    centre = oval.mean(axis=0)
+    radius = np.linalg.norm(oval - centre, axis=1).max()
+    h, w = frame.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    far = np.hypot(xx - centre[0], yy - centre[1]) > 2.0 * radius
+    assert far.sum() > 0.05 * h * w
+    np.testing.assert_array_equal(frame[far], portrait[far])
+    near = np.hypot(xx - centre[0], yy - centre[1]) < radius
+    assert np.abs(frame[near].astype(int) - portrait[near]).mean() > 5     # the face did move
+
+
+def test_torso_follows_offset(astronaut):
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=512)
+    prepared = renderer.prepare(image, ref)
+    dx = 10.0                                                        # full-image pixels
+    frame = renderer.render(prepared, ref[None], np.array([[dx, 0.0]]))[0]
+    portrait = prepared.image
+    s = int(round(dx * prepared.box.scale))
+    rows = slice(480, 500)                                           # shoulders, bottom of the crop
+    cols = slice(100, 412)
+    shifted = np.roll(portrait, s, axis=1)
+    err_follow = np.abs(frame[rows, cols].astype(int) - shifted[rows, cols]).mean()
+    err_still = np.abs(frame[rows, cols].astype(int) - portrait[rows, cols]).mean()
+    assert err_follow < 0.5 * err_still
+    face = prepared.to_output_px(ref)[:468, :2]
+    x0, y0 = face.min(axis=0).astype(int)
+    x1, y1 = face.max(axis=0).astype(int)
+    assert psnr(frame[y0:y1, x0:x1], portrait[y0:y1, x0:x1]) >= 40.0    # the face stays
+
+
+def test_mouth_interior_identical_across_frames(astronaut):
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=0)
+    prepared = renderer.prepare(image, ref)
+    a = open_jaw(ref, 12.0)
+    b = a.copy()
+    b[:, :2] += (7.0, -4.0)                                          # same mouth, elsewhere
+    frames = renderer.render(prepared, np.stack([a, b, a]))
+    np.testing.assert_array_equal(frames[0], frames[2])
+    inside = mouth_pixels(a, frames.shape[1:3])
+    ys, xs = np.nonzero(inside)
+    first, second = frames[0][ys, xs].astype(int), frames[1][ys - 4, xs + 7].astype(int)
+    assert np.abs(first - second).max() <= 1
+    # a dark cavity and teeth, the teeth coloured from the portrait (its own teeth here)
+    lum = first.mean(axis=1)
+    assert lum.min() < 60 and lum.max() > 150
+    teeth = first[lum > np.percentile(lum, 90)]
+    chroma = teeth.max(axis=1) - teeth.min(axis=1)
+    assert np.median(chroma) < 60
+
+
+def test_closed_eyes_are_covered_by_lid_skin(astronaut):
+    """Where the iris was, a blink shows skin coloured like the upper lid below the brow."""
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=512)
+    prepared = renderer.prepare(image, ref)
+    frames = renderer.render(prepared, np.stack([ref, close_eyes(ref)])).astype(float)
+    out = prepared.to_output_px(ref)
+    h, w = frames.shape[1:3]
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    lid_skin_points = {topo.RIGHT_IRIS_CENTER: [113, 225, 224, 223, 222, 221, 189],
+                       topo.LEFT_IRIS_CENTER: [413, 441, 442, 443, 444, 445, 342]}
+    for centre, ring in ((topo.RIGHT_IRIS_CENTER, topo.RIGHT_IRIS), (topo.LEFT_IRIS_CENTER, topo.LEFT_IRIS)):
+        radius = np.linalg.norm(out[ring, :2] - out[centre, :2], axis=1).mean()
+        iris = np.hypot(xx - out[centre, 0], yy - out[centre, 1]) < 0.7 * radius
+        skin = np.median([frames[0][int(y), int(x)] for x, y in out[lid_skin_points[centre], :2]], axis=0)
+        before = np.linalg.norm(frames[0][iris].mean(axis=0) - skin)
+        after = np.linalg.norm(frames[1][iris].mean(axis=0) - skin)
+        assert after < 0.4 * before, (before, after)
+
+
+def test_closed_mouth_portrait_gets_teeth_coloured_from_the_portrait(grace_hopper):
+    image, ref = grace_hopper                                        # mouth closed, no teeth
+    renderer = WarpRenderer(output_size=512)
+    target = open_jaw(ref, 12.0)[None]
+    prepared = renderer.prepare(image, ref)
+    frame = renderer.render(prepared, target)[0]
+    inside = mouth_pixels(prepared.to_output_px(target[0]), frame.shape[:2])
+    px = frame[inside].astype(float)
+    lum = px.mean(axis=1)
+    assert lum.min() < 50 and lum.max() > 140                      # dark cavity, bright teeth
+    # the same portrait with a blue cast gets bluer teeth: the colour comes from the picture
+    bluish = np.clip(image * np.float32([0.8, 0.9, 1.15]), 0, 255).astype(np.uint8)
+    teeth = prepared.mouth.teeth_rgb
+    teeth_b = renderer.prepare(bluish, ref).mouth.teeth_rgb
+    assert teeth_b[2] / teeth_b[0] > 1.15 * teeth[2] / teeth[0]
+
+
+def test_full_image_paste_back_keeps_size(grace_hopper):
+    image, ref = grace_hopper
+    renderer = WarpRenderer(output_size=512)
+    prepared = renderer.prepare(image, ref, output_size=0)          # per-call override
+    moved = turn_head(open_jaw(ref), 8.0)
+    frames = renderer.render(prepared, np.stack([ref, moved]), np.array([[0.0, 0.0], [4.0, 2.0]]))
+    assert frames.shape == (2, *image.shape)
+    assert psnr(frames[0], image) >= 40.0
+    box = prepared.box
+    outside = np.ones(image.shape[:2], bool)
+    outside[int(box.y0):int(box.y0) + box.height, int(box.x0):int(box.x0) + box.width] = False
+    assert outside.any()
+    np.testing.assert_array_equal(frames[1][outside], image[outside])
+    # the seam: next to the face region the picture continues without a step
+    x0 = int(box.x0)
+    if x0 > 0:
+        step = np.abs(frames[1][:, x0].astype(int) - frames[1][:, x0 - 1]).mean()
+        natural = np.abs(image[:, x0].astype(int) - image[:, x0 - 1]).mean()
+        assert step <= natural + 2.0
+
+
+def test_half_resolution_maps_render_like_full_resolution_maps(astronaut):
+    image, ref = astronaut
+    target = np.stack([close_eyes(turn_head(open_jaw(ref), 8.0))])
+    frames = []
+    for stride in (1, 2):
+        renderer = WarpRenderer(output_size=512, map_stride=stride)
+        frames.append(renderer.render(renderer.prepare(image, ref), target)[0])
+    assert psnr(frames[0], frames[1]) >= 40.0
+
+
+def test_save_load_config_roundtrip(tmp_path, astronaut):
+    renderer = WarpRenderer(output_size=256, crop_scale=2.4, teeth_height=0.12, band_scales=(1.2, 1.6, 2.0))
+    renderer.save_pretrained(tmp_path / "renderer")
+    assert os.listdir(tmp_path / "renderer") == ["renderer_config.json"]
+    loaded = WarpRenderer.from_pretrained(tmp_path, subfolder="renderer")
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(renderer.config)
+    assert loaded.config.band_scales == [1.2, 1.6, 2.0] and loaded.config.output_size == 256
+    image, ref = astronaut
+    target = open_jaw(ref)[None]
+    np.testing.assert_array_equal(renderer.render(renderer.prepare(image, ref), target),
+                                  loaded.render(loaded.prepare(image, ref), target))
+
+
+def test_bad_inputs_raise_errors_that_say_what_to_do(astronaut):
+    image, ref = astronaut
+    renderer = WarpRenderer(output_size=256)
+    with pytest.raises(InvalidParameterError, match="478"):
+        renderer.prepare(image, ref[:468])
+    with pytest.raises(InvalidParameterError, match="uint8"):
+        renderer.prepare(image.astype(np.float32), ref)
+    prepared = renderer.prepare(image, ref)
+    with pytest.raises(InvalidParameterError, match=r"\(T, 478, 3\)"):
+        renderer.render(prepared, ref[None, :, :2])
+    with pytest.raises(InvalidParameterError, match="output_size"):
+        WarpRenderer(output_size=-1)
