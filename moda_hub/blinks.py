@@ -20,10 +20,15 @@ import torch
 
 from .data.deform import BLINK_L, BLINK_R, P_ALL, FaceRig
 from .data.motion import blink_events, blink_track
-from .face.topology import EYES, LEFT_EYE, LEFT_EYE_LOOP, LEFT_IRIS, LEFT_BROW
+from .face.topology import EYES, LEFT_BROW, LEFT_EYE, LEFT_EYE_LOOP, LEFT_IRIS, RIGHT_EYE
 
 #: positions in EYES of the subject's left-eye parts (lids, brow, iris); the rest is the right eye.
 _LEFT = np.isin(EYES, np.concatenate([LEFT_EYE, LEFT_EYE_LOOP, LEFT_BROW, LEFT_IRIS]))
+#: positions in EYES of the eyelid points (both eyes).
+_LIDS = np.isin(EYES, np.concatenate([LEFT_EYE, RIGHT_EYE]))
+#: how much of the latent's own lid motion is kept: its prior samples close the lids part-way
+#: (half-blinks at random times); damping them keeps the blink rate what was asked for.
+LATENT_LID_SCALE = 0.4
 
 
 def speech_pauses(wav: np.ndarray, sample_rate: int, min_len: float = 0.2) -> List[Tuple[float, float]]:
@@ -66,6 +71,9 @@ def closed_eye_offsets(subject_canonical: np.ndarray) -> np.ndarray:
 
 
 def apply_blinks(eye: np.ndarray, closure: np.ndarray, closed: np.ndarray) -> np.ndarray:
-    """Blend eye motion (T, 60, 3) towards the closed pose ``closed`` (60, 3) by closure (T, 2)."""
+    """Blend eye motion (T, 60, 3) towards the closed pose ``closed`` (60, 3) by closure (T, 2).
+
+    The eyelid points of ``eye`` are first scaled by :data:`LATENT_LID_SCALE`."""
+    eye = np.where(_LIDS[None, :, None], eye * LATENT_LID_SCALE, eye)
     c = np.where(_LEFT[None, :], closure[:, :1], closure[:, 1:2])[..., None]     # (T, 60, 1)
     return ((1.0 - c) * eye + c * closed[None]).astype(np.float32)

@@ -104,3 +104,25 @@ def test_cli_prints_one_line_and_exits_nonzero_without_a_face(tmp_path):
     assert len(errors) == 1 and "blank.jpg" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_blink_rate_control_sets_blinks_per_minute(pipe, astronaut):
+    from moda_hub.face.topology import eye_openness
+    from moda_hub.motion import count_blinks
+    wav = pipe.prepare(astronaut, text="The quick brown fox jumps over the lazy dog, again and again. " * 6).wav
+    per_min = {}
+    for rate in (0, 25):
+        out = pipe(image=astronaut, audio=wav, sample_rate=16000, blink_rate=rate, output_type="landmarks",
+                   generator=torch.Generator().manual_seed(0))
+        minutes = len(out.landmarks) / out.fps / 60
+        per_min[rate] = count_blinks(eye_openness(out.landmarks), out.fps) / minutes
+    assert per_min[0] == 0
+    assert 12 <= per_min[25] <= 40, per_min
+
+
+def test_still_mode_keeps_head_fixed_and_blinks(pipe, astronaut):
+    out = pipe(image=astronaut, text="Still mode keeps the head where it is.", still=True, blink_rate=40,
+               output_type="landmarks", generator=torch.Generator().manual_seed(2))
+    assert np.abs(out.motion["head"]).max() == 0 and np.abs(out.motion["torso"]).max() == 0
+    from moda_hub.face.topology import LIPS
+    assert np.ptp(out.motion["lip"][:, :, 1], axis=0).max() > 0.02, "lips must still move"
