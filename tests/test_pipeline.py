@@ -48,6 +48,8 @@ def test_diffusion_pipeline_from_pretrained_after_import(pipe):
     loaded = DiffusionPipeline.from_pretrained(MODEL)
     assert isinstance(loaded, ModaPipeline)
     assert type(loaded.renderer).__name__ == "WarpRenderer"
+    placed = ModaPipeline.from_pretrained(MODEL, device_map="cpu")
+    assert placed.moda.device.type == "cpu" and placed.model_card.startswith("---")
 
 
 def test_astronaut_with_espeak_speech_gives_h264_aac_mp4_of_audio_length(pipe, astronaut, tmp_path):
