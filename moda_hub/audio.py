@@ -119,6 +119,10 @@ def _from_array(arr, input_rate, sample_rate: int, max_seconds: float | None) ->
     if arr.ndim > 2:
         raise AudioDecodeError(f"audio array of shape {arr.shape} — pass (N,), (N, channels) "
                                "or (channels, N) samples")
+    duration = max(arr.shape) / input_rate  # the longer axis is time; checked before any copy
+    if max_seconds is not None and duration > max_seconds + 0.05:
+        raise InputTooLongError(f"the audio is {duration:.1f} s long, more than the limit of "
+                                f"{max_seconds:g} s — trim it or raise max_seconds")
     x = _array_to_float(arr)
     if x.ndim == 2:  # the shorter axis is the channel axis: (N, C) or (C, N)
         if x.shape[0] < x.shape[1]:

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
+    if not args.debug:   # stderr holds our progress and error lines, not library chatter
+        from diffusers.utils import logging as diffusers_logging
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
     from .errors import ModaError
     try:
         COMMANDS[args.command][1](args)

@@ -31,6 +31,10 @@ OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
 #: Longest speech a call accepts by default, seconds (``max_audio_seconds=None`` lifts it).
 #: Checked before any work (from the file header for audio files).
 MAX_AUDIO_SECONDS = 600.0
+#: A clip whose loudest sample is below this (-60 dBFS) is silence: there is nothing for the lips
+#: to follow (its per-utterance normalised features would read as "average speech"), so the
+#: mouth keeps the portrait's shape.
+SILENCE_PEAK = 1e-3
 
 
 @dataclass
@@ -145,8 +149,11 @@ class ModaPipeline(DiffusionPipeline):
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
                      blink_rate, output_size):
-        if (audio is None) == (text is None):
-            raise InvalidParameterError("give exactly one of `audio` (a file or an array) or `text` to speak")
+        if audio is None and text is None:
+            raise InvalidParameterError("no speech given — pass exactly one of `audio` (a file or samples) "
+                                        "or `text` to speak")
+        if audio is not None and text is not None:
+            raise InvalidParameterError("both `audio` and `text` were given — pass exactly one of them")
         if fps not in (24, 25, 30, 50, 60):
             raise InvalidParameterError(f"fps={fps!r} is not supported — use 25 or 30 (24, 50 and 60 also work)")
         if output_type not in OUTPUT_TYPES:
@@ -174,6 +181,8 @@ class ModaPipeline(DiffusionPipeline):
         else:
             wav = load_audio(audio, sample_rate=SAMPLE_RATE, input_sample_rate=sample_rate,
                              max_seconds=max_audio_seconds)
+        if float(np.max(np.abs(wav))) < SILENCE_PEAK:
+            mouth_scale = 0.0                                  # silence: the lips stay as in the portrait
         # 2. the portrait: decode, find the face, its pose and canonical mesh
         report("face", 0.1)
         subject = prepare_subject(image, face_index=face_index)
@@ -215,9 +224,13 @@ class ModaPipeline(DiffusionPipeline):
         """Stage 2 + pose: motion (T frames) -> landmarks (T, 478, 3) float32 in image pixels."""
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(self.composer.device, self.composer.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        lip = torch.from_numpy(motion["lip"]).to(cond)
-        eye = torch.from_numpy(motion["eye"]).to(cond)
-        dense = self.composer(lip, eye, cond).float().cpu().numpy()                  # (T, 478, 3)
+        # a batch of a multiple of 8 frames (last one repeated): GEMM kernels round a ragged tail
+        # of rows differently, and a frame's mesh must not depend on the chunk it falls in
+        T = len(motion["lip"])
+        rows = np.minimum(np.arange(T + (-T) % 8), T - 1)
+        lip = torch.from_numpy(motion["lip"][rows]).to(cond)
+        eye = torch.from_numpy(motion["eye"][rows]).to(cond)
+        dense = self.composer(lip, eye, cond).float().cpu().numpy()[:T]             # (T, 478, 3)
         return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,
