@@ -30,7 +30,7 @@ import inspect
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 from moda_hub.errors import InvalidParameterError, WeightsError
 

@@ -126,5 +126,4 @@ def test_still_mode_keeps_head_fixed_and_blinks(pipe, astronaut):
     out = pipe(image=astronaut, text="Still mode keeps the head where it is.", still=True, blink_rate=40,
                output_type="landmarks", generator=torch.Generator().manual_seed(2))
     assert np.abs(out.motion["head"]).max() == 0 and np.abs(out.motion["torso"]).max() == 0
-    from moda_hub.face.topology import LIPS
     assert np.ptp(out.motion["lip"][:, :, 1], axis=0).max() > 0.02, "lips must still move"

@@ -36,7 +36,7 @@ class FacialComposer(ModelMixin, ConfigMixin):
         super().__init__()
         in_dim = (len(LIPS) + len(EYES)) * 3
         self.cond_proj = nn.Linear(cond_dim, hidden)
-        layers, d = [], in_dim
+        layers = []
         self.in_proj = nn.Linear(in_dim, hidden)
         for _ in range(n_layers):
             layers += [nn.GELU(), nn.Linear(hidden, hidden)]

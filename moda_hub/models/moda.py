@@ -30,8 +30,6 @@ weights).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -181,20 +179,6 @@ def upsample_latent(z: torch.Tensor, num_frames: int, stride: int, start: int = 
     k0 = t.floor().long().clamp(max=z.shape[1] - 2)
     w = (t - k0.to(t.dtype)).unsqueeze(-1)
     return z[:, k0] * (1 - w) + z[:, k0 + 1] * w
-
-
-@dataclass
-class MotionStats:
-    """Names of the normalisation buffers of each motion part."""
-    part: str
-
-    @property
-    def mean(self) -> str:
-        return f"{self.part}_mean"
-
-    @property
-    def std(self) -> str:
-        return f"{self.part}_std"
 
 
 class ModaModel(ModelMixin, ConfigMixin):

@@ -4,7 +4,6 @@ Written on accelerate like the stage-1 trainer; seeded; safetensors through save
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from accelerate.utils import set_seed
 
 from ..models.composer import FacialComposer
 from .corpus import DenseFrames
+from .runlog import RunLog
 
 
 def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
@@ -40,10 +40,7 @@ def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: 
     total = steps or 10 ** 9
     budget = minutes * 60 if minutes else float("inf")
     start, est = time.time(), total
-    log = None
-    if accelerator.is_main_process:                    # logs beside, not inside, the weights folder
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        log = open(os.path.abspath(out) + ".log", "a")
+    log = RunLog(out, accelerator.is_main_process)
     step = 0
     for step in range(1, total + 1):
         elapsed = time.time() - start
@@ -58,10 +55,8 @@ def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: 
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt.step()
-        if log and step % log_every == 0:
-            line = f"step {step} t {elapsed:.0f}s loss {float(loss):.5f}"
-            print(line, flush=True)
-            log.write(line + "\n")
+        if step % log_every == 0:
+            log.line(f"step {step} t {elapsed:.0f}s loss {loss.item():.5f}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model).eval()
@@ -69,12 +64,5 @@ def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: 
             lip, eye, cond, dense = val.all()
             pred = model(lip, eye, cond)
             err = (pred - dense).norm(dim=-1).mean().item()
-        metrics = {"val_dense_l2": err, "steps": step, "seconds": round(time.time() - start, 1)}
-        line = "final " + json.dumps(metrics)
-        print(line, flush=True)
-        log.write(line + "\n")
-        log.close()
-        model.save_pretrained(out)
-        with open(os.path.abspath(out) + ".metrics.json", "w") as f:
-            json.dump(metrics, f, indent=2)
+        log.finish(model, {"val_dense_l2": err, "steps": step, "seconds": round(time.time() - start, 1)})
     return model

@@ -5,7 +5,6 @@ repeatable on a given machine; logs plain lines; saves safetensors through ``sav
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -18,6 +17,7 @@ from accelerate.utils import set_seed
 
 from ..models.moda import ModaModel
 from .corpus import MotionCorpus
+from .runlog import RunLog
 
 PARTS = ("lip", "eye", "head", "torso")
 
@@ -150,10 +150,7 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model, opt = accelerator.prepare(model, opt)
     start = time.time()
-    log = None
-    if accelerator.is_main_process:                    # logs beside, not inside, the weights folder
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        log = open(os.path.abspath(out) + ".log", "a")
+    log = RunLog(out, accelerator.is_main_process)
     step, budget = 0, (minutes * 60 if minutes else float("inf"))
     est_steps = total_steps
     for step in range(1, total_steps + 1):
@@ -175,22 +172,14 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if log and step % log_every == 0:
-            line = f"step {step} t {time.time() - start:.0f}s " + " ".join(
-                f"{k} {float(v):.4f}" for k, v in losses.items())
-            print(line, flush=True)
-            log.write(line + "\n")
+        if step % log_every == 0:
+            log.line(f"step {step} t {time.time() - start:.0f}s " + " ".join(
+                f"{k} {float(v.detach()):.4f}" for k, v in losses.items()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
         metrics = validate(model, val)
         metrics["latent_scale"] = calibrate_latent_scale(model, val)
         metrics.update(steps=step, seconds=round(time.time() - start, 1))
-        line = "final " + json.dumps(metrics)
-        print(line, flush=True)
-        log.write(line + "\n")
-        log.close()
-        model.save_pretrained(out)
-        with open(os.path.abspath(out) + ".metrics.json", "w") as f:
-            json.dump(metrics, f, indent=2)
+        log.finish(model, metrics)
     return model
