@@ -222,7 +222,8 @@ class ModaPipeline(DiffusionPipeline):
     @torch.no_grad()
     def compose_landmarks(self, subject: Subject, motion: Dict[str, np.ndarray]) -> np.ndarray:
         """Stage 2 + pose: motion (T frames) -> landmarks (T, 478, 3) float32 in image pixels."""
-        cond = torch.from_numpy(subject.canonical.reshape(-1)).to(self.composer.device, self.composer.dtype)
+        weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
+        cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
         # a batch of a multiple of 8 frames (last one repeated): GEMM kernels round a ragged tail
         # of rows differently, and a frame's mesh must not depend on the chunk it falls in
