@@ -215,15 +215,21 @@ def _tree_of(folder: Path) -> set:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def test_the_video_writer_works_only_inside_the_destination_folder(tmp_path, monkeypatch):
-    from moda_hub.video import Mp4Writer
-
+def _isolated_folders(tmp_path, monkeypatch):
+    """(out, cwd, tmp) folders: the test runs in cwd with tmp as the system temp dir."""
     out_dir, work, tmp = tmp_path / "out", tmp_path / "cwd", tmp_path / "tmp"
     for d in (out_dir, work, tmp):
         d.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("TMPDIR", str(tmp))
+    return out_dir, work, tmp
+
+
+def test_the_video_writer_works_only_inside_the_destination_folder(tmp_path, monkeypatch):
+    from moda_hub.video import Mp4Writer
+
+    out_dir, work, tmp = _isolated_folders(tmp_path, monkeypatch)
     frames = np.zeros((10, 32, 32, 3), np.uint8)
     with Mp4Writer(out_dir / "clip.mp4", fps=10, audio=np.zeros(16000, np.float32), preset="ultrafast") as w:
         w.write(frames)
@@ -271,12 +277,7 @@ def test_pipeline_writes_only_the_requested_file(tmp_path, monkeypatch):
 
     pipe = ModaPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
-    out_dir, work, tmp = tmp_path / "out", tmp_path / "cwd", tmp_path / "tmp"
-    for d in (out_dir, work, tmp):
-        d.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    monkeypatch.setenv("TMPDIR", str(tmp))
+    out_dir, work, tmp = _isolated_folders(tmp_path, monkeypatch)
     out = pipe(image=skimage.data.astronaut(), text="Just this file.", output_size=256, fps=25,
                output_path=str(out_dir / "only.mp4"))
     assert out.video_path == str(out_dir / "only.mp4")
