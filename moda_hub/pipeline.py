@@ -337,22 +337,26 @@ class ModaPipeline(DiffusionPipeline):
         if output_type == "mp4":
             video_path = output_path or os.path.join("outputs", "moda.mp4")
             check_output_path(video_path)                    # before any work
-        # 1-7. portrait, speech, stage 1, stage 2, render, encode: chunk by chunk
-        frames, landmarks, motion = [], [], []
+        # 1-7. portrait, speech, stage 1, stage 2, render, encode: chunk by chunk, into arrays
+        # allocated once (a list of chunks + concatenate would hold everything twice at the end)
         session = self.prepare(image, audio, text, **kwargs)
+        n = session.num_frames
+        landmarks, motion, out_frames = np.empty((n, 478, 3), np.float32), {}, None
         chunks = self._render_session(session, 32, output_size, video_path, output_type != "landmarks", callback)
-        with self.progress_bar(total=session.num_frames) as bar:
+        with self.progress_bar(total=n) as bar:
             for chunk in chunks:
-                landmarks.append(chunk.landmarks)
-                motion.append(chunk.motion)
+                a, b = chunk.start, chunk.start + len(chunk.landmarks)
+                landmarks[a:b] = chunk.landmarks
+                for k, v in chunk.motion.items():
+                    motion.setdefault(k, np.empty((n,) + v.shape[1:], v.dtype))[a:b] = v
                 if output_type in ("np", "pil"):
-                    frames.append(chunk.frames)
-                bar.update(len(chunk.landmarks))
-        motion = {k: np.concatenate([m[k] for m in motion]) for k in motion[0]}
-        out_frames = np.concatenate(frames) if frames else None
+                    if out_frames is None:
+                        out_frames = np.empty((n,) + chunk.frames.shape[1:], np.uint8)
+                    out_frames[a:b] = chunk.frames
+                bar.update(b - a)
         if output_type == "pil":
             out_frames = [PIL.Image.fromarray(f) for f in out_frames]
         report("done", 1.0)
-        return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=np.concatenate(landmarks),
+        return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
 
