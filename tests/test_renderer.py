@@ -316,3 +316,45 @@ def test_bad_inputs_raise_errors_that_say_what_to_do(astronaut):
         renderer.render(prepared, ref[None, :, :2])
     with pytest.raises(InvalidParameterError, match="output_size"):
         WarpRenderer(output_size=-1)
+
+
+def test_rasteriser_writes_each_covered_pixel_its_triangles_affine_map():
+    from moda_hub.render.raster import affine_maps
+    # two triangles tiling the square [2, 10) x [2, 10); the second one drawn on top
+    corners = np.array([[[2, 2], [10, 2], [2, 10]], [[10, 2], [10, 10], [2, 10]]], np.float32)
+    coeffs = np.zeros((6, 3), np.float32)
+    coeffs[:, 1] = (1, 0, 100, 0, 1, 200)       # triangle 0: shift by (100, 200)
+    coeffs[:, 2] = (2, 0, 0, 0, 2, 0)           # triangle 1: scale by 2
+    gy, gx = np.mgrid[0:12, 0:12].astype(np.float32)
+    map_x, map_y = gx.copy(), gy.copy()
+    affine_maps(corners, np.array([0, 1]), coeffs, map_x, map_y, tol=0.0)
+    centre_x, centre_y = gx + 0.5, gy + 0.5
+    inside = (centre_x > 2) & (centre_x < 10) & (centre_y > 2) & (centre_y < 10)
+    upper_left = inside & (centre_x + centre_y < 12)
+    lower_right = inside & (centre_x + centre_y > 12)
+    assert np.array_equal(map_x[upper_left], gx[upper_left] + 100)
+    assert np.array_equal(map_y[upper_left], gy[upper_left] + 200)
+    assert np.array_equal(map_x[lower_right], 2 * gx[lower_right])
+    on_diagonal = inside & (centre_x + centre_y == 12)             # shared edge: the later triangle
+    assert np.array_equal(map_x[on_diagonal], 2 * gx[on_diagonal])
+    assert np.array_equal(map_x[~inside], gx[~inside]) and np.array_equal(map_y[~inside], gy[~inside])
+    # a reversed (mirrored) triangle is drawn the same way
+    flipped = corners[:, ::-1].copy()
+    map_x2, map_y2 = gx.copy(), gy.copy()
+    affine_maps(flipped, np.array([0, 1]), coeffs, map_x2, map_y2, tol=0.0)
+    assert np.array_equal(map_x2, map_x) and np.array_equal(map_y2, map_y)
+
+
+def test_threaded_rendering_gives_the_frames_of_serial_rendering(astronaut, monkeypatch):
+    image, ref = astronaut
+    targets = np.stack([ref, open_jaw(ref), turn_head(ref, 6.0), close_eyes(ref), open_jaw(ref, 4.0)])
+    renderer = WarpRenderer(output_size=256)
+    prepared = renderer.prepare(image, ref)
+    out = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("MODA_RENDER_THREADS", threads)
+        out[threads] = renderer.render(prepared, targets)
+    assert np.array_equal(out["1"], out["2"])
+    monkeypatch.setenv("MODA_RENDER_THREADS", "two")
+    with pytest.raises(InvalidParameterError, match="MODA_RENDER_THREADS"):
+        renderer.render(prepared, targets)

@@ -11,11 +11,14 @@ closing lid, and the upper-lid skin (drawn nearer) unfolds over it.
 
 Everything that depends only on the portrait is computed once by :meth:`WarpRenderer.prepare`;
 :meth:`WarpRenderer.render` then does per frame: vertex positions, per-triangle affine maps
-(destination -> source), a triangle-id raster (one ``cv2.fillConvexPoly`` per triangle),
-one gather of the affine coefficients per pixel and one ``cv2.remap``, then the inner mouth.
+(destination -> source), one compiled rasterisation pass that writes each pixel's source
+position (:mod:`moda_hub.render.raster`) and one ``cv2.remap``, then the inner mouth.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,10 +31,8 @@ from moda_hub.errors import InvalidParameterError
 from moda_hub.face import topology as topo
 from moda_hub.render import mesh as mesh_lib
 from moda_hub.render import mouth as mouth_lib
+from moda_hub.render.raster import affine_maps, warm_up_in_background
 from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
-
-_SUBPIXEL_BITS = 4  # fillConvexPoly fixed-point precision (1/16 px)
-
 
 @dataclass
 class PreparedPortrait:
@@ -187,6 +188,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
                 or min(band_scales) <= 1.0:
             raise InvalidParameterError(
                 "band_scales must be increasing values > 1, one per band_head_weights entry")
+        warm_up_in_background()
 
     # ------------------------------------------------------------------ prepare
     def prepare(self, image_rgb: np.ndarray, ref_landmarks_px: np.ndarray,
@@ -286,13 +288,21 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
                     f"torso_offset_px must be (T, 2) = ({T}, 2) image pixels, one row per mesh, got {torso.shape}")
         h, w = prepared.output_hw
         frames = np.empty((T, h, w, 3), np.uint8)
-        ids = np.empty(prepared.grid_x.shape, np.int32)
-        for t in range(T):
-            canvas = self._render_canvas(prepared, lm[t], torso[t], ids)
+
+        def one(t: int) -> None:
+            canvas = self._render_canvas(prepared, lm[t], torso[t])
             if prepared.full_image is not None:
                 paste_back(prepared.full_image, canvas, prepared.box, prepared.paste_mask, out=frames[t])
             else:
                 frames[t] = canvas
+
+        pool = _render_pool() if T > 1 else None
+        if pool is None:
+            for t in range(T):
+                one(t)
+        else:   # frames are independent: the same pixels in any order, on any thread
+            for _ in pool.map(one, range(T)):
+                pass
         return frames
 
     def _vertices(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray):
@@ -306,8 +316,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             + b.torso_weight[:, None] * (torso_full * np.float32(p.box.scale))[None]
         return np.concatenate([xy, eyeball, band]), lm[:, 2]
 
-    def _render_canvas(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray,
-                       ids: np.ndarray) -> np.ndarray:
+    def _render_canvas(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray) -> np.ndarray:
         verts, z = self._vertices(p, lm_full, torso_full)
         tri = p.triangles
         # 1. affine map per triangle, destination (canvas px) -> source (texture px)
@@ -337,16 +346,13 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         tab[:, 0] = (1.0, 0.0, pad, 0.0, 1.0, pad)
         tab[0, 1:], tab[1, 1:], tab[2, 1:] = a_x[:, 0], a_y[:, 0], c[:, 0]
         tab[3, 1:], tab[4, 1:], tab[5, 1:] = a_x[:, 1], a_y[:, 1], c[:, 1]
-        one = 1 << _SUBPIXEL_BITS
-        pts = np.round((d - 0.5) * one).astype(np.int32)         # full-res pixel units, fixed point
-        if p.map_stride == 1:
-            _rasterize(ids, pts, order)
-            map_x, map_y = _gather_maps(tab, ids, p.grid_x, p.grid_y)
-        else:
-            _rasterize(ids, np.round((d * 0.5 + 0.5) * one).astype(np.int32), order)
-            map_x, map_y = _gather_maps(tab, ids, p.grid_x, p.grid_y)
+        # identity (uncovered pixels show the portrait where they are), then every triangle's map
+        map_x, map_y = p.grid_x + pad, p.grid_y + pad
+        step = float(p.map_stride)
+        affine_maps(d, order, tab, map_x, map_y, p.grid_x[0, 0], p.grid_y[0, 0], step)
+        if p.map_stride == 2:
             h, w = p.box.height, p.box.width
-            size = (2 * ids.shape[1], 2 * ids.shape[0])
+            size = (2 * map_x.shape[1], 2 * map_x.shape[0])
             map_x = cv2.resize(map_x, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
             map_y = cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
             # where the map jumps (lids or lips meeting over the eye or the mouth), interpolating
@@ -354,11 +360,10 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             lo, hi = d[order].min(axis=1), d[order].max(axis=1)    # bounds of the drawn triangles
             for x0, y0, x1, y1 in _detail_boxes(verts, w, h):
                 hit = order[(hi[:, 0] >= x0) & (lo[:, 0] <= x1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1)]
-                sub = np.empty((y1 - y0, x1 - x0), np.int32)
-                _rasterize(sub, pts[hit] - np.int32([x0 * one, y0 * one]), hit, aligned=True)
-                gx = np.arange(x0, x1, dtype=np.float32)[None, :]
-                gy = np.arange(y0, y1, dtype=np.float32)[:, None]
-                map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1] = _gather_maps(tab, sub, gx, gy)
+                sub_x, sub_y = map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1]
+                sub_x[...] = np.arange(x0, x1, dtype=np.float32)[None, :] + pad
+                sub_y[...] = np.arange(y0, y1, dtype=np.float32)[:, None] + pad
+                affine_maps(d, hit, tab, sub_x, sub_y, x0, y0, 1.0)
         canvas = cv2.remap(p.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # 4. soften silhouettes where the surface folds (head turns): natural edges are not sharp
         flipped = (det * p.ref_orientation < 0) & ok
@@ -372,6 +377,35 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         if alpha > 0:
             mouth_lib.synthesize(canvas, xy, p.mouth, alpha)
         return canvas
+
+
+#: Threads that render frames at once (the rasteriser, ``cv2.remap`` and most numpy work release
+#: the GIL). ``MODA_RENDER_THREADS`` overrides; 1 renders on the calling thread.
+RENDER_THREADS_ENV = "MODA_RENDER_THREADS"
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def render_threads() -> int:
+    """Frame-rendering threads: ``$MODA_RENDER_THREADS``, else min(2, CPU cores)."""
+    value = os.environ.get(RENDER_THREADS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise InvalidParameterError(f"{RENDER_THREADS_ENV}={value!r} — use a whole number of threads, e.g. 2")
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _render_pool() -> Optional[ThreadPoolExecutor]:
+    """One shared pool per thread count (concurrent calls share it, so the total stays bounded)."""
+    n = render_threads()
+    if n == 1:
+        return None
+    with _pools_lock:
+        if n not in _pools:
+            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="moda-render")
+        return _pools[n]
 
 
 def _inner_edges(triangles: np.ndarray, skip) -> tuple[np.ndarray, np.ndarray]:
@@ -407,36 +441,6 @@ def _soften_lines(canvas: np.ndarray, segments: np.ndarray, width: int = 3) -> N
     m = (mask.astype(np.float32) * (1.0 / 255.0))[..., None]
     blurred = cv2.GaussianBlur(roi, (5, 5), 1.0)
     roi[...] = (roi + m * (blurred.astype(np.float32) - roi) + 0.5).astype(np.uint8)
-
-
-def _rasterize(ids: np.ndarray, pts: np.ndarray, order: np.ndarray, aligned: bool = False) -> None:
-    """Triangle ids (row + 1) into ``ids`` (h, w) int32, drawn in ``order`` (later on top).
-
-    pts: (F, 3, 2) int32 corners in ids' pixel units (integer centres), fixed point with
-    ``_SUBPIXEL_BITS`` fractional bits; with ``aligned``, pts[i] belongs to triangle order[i].
-    """
-    ids.fill(0)
-    if aligned:
-        for k, q in zip((order + 1).tolist(), pts):
-            cv2.fillConvexPoly(ids, q, k, cv2.LINE_8, _SUBPIXEL_BITS)
-    else:
-        for k in order.tolist():
-            cv2.fillConvexPoly(ids, pts[k], k + 1, cv2.LINE_8, _SUBPIXEL_BITS)
-
-
-def _gather_maps(tab: np.ndarray, ids: np.ndarray, gx: np.ndarray, gy: np.ndarray):
-    """Source coordinates (map_x, map_y) of pixels at (gx, gy) (broadcastable to ids' shape)
-    from their triangles' affine coefficients tab (6, F + 1)."""
-    ids = ids.astype(np.intp)                 # once, not in every take
-    map_x = np.take(tab[0], ids)
-    map_x *= gx
-    map_x += np.take(tab[1], ids) * gy
-    map_x += np.take(tab[2], ids)
-    map_y = np.take(tab[3], ids)
-    map_y *= gx
-    map_y += np.take(tab[4], ids) * gy
-    map_y += np.take(tab[5], ids)
-    return map_x, map_y
 
 
 # Regions drawn per pixel even with map_stride 2: each eye with its lids and the mouth.

@@ -1,0 +1,128 @@
+"""Piecewise-affine warp maps by triangle rasterisation: one compiled pass per frame.
+
+The WarpRenderer's backward warp gives every canvas pixel the source position of the triangle
+that covers it (drawn in order, later triangles on top). :func:`affine_maps` rasterises all
+triangles of a frame and evaluates their destination -> source affine maps in the same loop,
+straight into ``map_x`` / ``map_y`` for ``cv2.remap`` -- no triangle-id image, no per-pixel
+gather, one call instead of one ``cv2.fillConvexPoly`` per triangle (~1,600 a frame).
+
+Coordinates: a sample at grid (row r, column c) is canvas pixel
+``(gx, gy) = (x0 + c * step, y0 + r * step)`` (pixel indices), whose centre is the continuous
+canvas position ``(gx + 0.5, gy + 0.5)`` -- the frame in which triangle corners are given.
+A sample is covered by a triangle when its centre lies inside it or within ``tol`` pixels of
+its edges (a little conservative, like a polygon fill that includes its outline, so shared
+edges leave no cracks). Uncovered samples keep what the maps held (the caller fills identity).
+
+The kernel is compiled by numba on first use and cached on disk (``NUMBA_CACHE_DIR`` or next to
+this file); it releases the GIL.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_kernel = None
+_lock = threading.Lock()
+
+
+def _compile():
+    global _kernel
+    with _lock:
+        if _kernel is None:
+            _kernel = _build()
+    return _kernel
+
+
+def _build():
+    import numba
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def kernel(corners, order, coeffs, map_x, map_y, x0, y0, step, tol):  # pragma: no cover - compiled
+        rows, cols = map_x.shape
+        inv = 1.0 / step
+        for n in range(order.shape[0]):
+            k = order[n]
+            ax = np.float64(corners[k, 0, 0]); ay = np.float64(corners[k, 0, 1])
+            bx = np.float64(corners[k, 1, 0]); by = np.float64(corners[k, 1, 1])
+            cx = np.float64(corners[k, 2, 0]); cy = np.float64(corners[k, 2, 1])
+            area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+            if area == 0.0:
+                continue
+            sgn = 1.0 if area > 0.0 else -1.0
+            # edge functions e_i(p) >= -tol * |edge| keeps samples within tol px of the edge
+            lab = np.sqrt((bx - ax) ** 2 + (by - ay) ** 2) * tol
+            lbc = np.sqrt((cx - bx) ** 2 + (cy - by) ** 2) * tol
+            lca = np.sqrt((ax - cx) ** 2 + (ay - cy) ** 2) * tol
+            xmin = min(ax, bx, cx) - tol; xmax = max(ax, bx, cx) + tol
+            ymin = min(ay, by, cy) - tol; ymax = max(ay, by, cy) + tol
+            # sample centre x = x0 + c * step + 0.5
+            c_lo = int(np.ceil((xmin - 0.5 - x0) * inv)); c_hi = int(np.floor((xmax - 0.5 - x0) * inv))
+            r_lo = int(np.ceil((ymin - 0.5 - y0) * inv)); r_hi = int(np.floor((ymax - 0.5 - y0) * inv))
+            if c_lo < 0:
+                c_lo = 0
+            if r_lo < 0:
+                r_lo = 0
+            if c_hi > cols - 1:
+                c_hi = cols - 1
+            if r_hi > rows - 1:
+                r_hi = rows - 1
+            if c_lo > c_hi or r_lo > r_hi:
+                continue
+            k1 = k + 1
+            m0 = coeffs[0, k1]; m1 = coeffs[1, k1]; m2 = coeffs[2, k1]
+            m3 = coeffs[3, k1]; m4 = coeffs[4, k1]; m5 = coeffs[5, k1]
+            for r in range(r_lo, r_hi + 1):
+                gy = y0 + r * step
+                py = gy + 0.5
+                for c in range(c_lo, c_hi + 1):
+                    gx = x0 + c * step
+                    px = gx + 0.5
+                    e_ab = sgn * ((bx - ax) * (py - ay) - (by - ay) * (px - ax))
+                    if e_ab < -lab:
+                        continue
+                    e_bc = sgn * ((cx - bx) * (py - by) - (cy - by) * (px - bx))
+                    if e_bc < -lbc:
+                        continue
+                    e_ca = sgn * ((ax - cx) * (py - cy) - (ay - cy) * (px - cx))
+                    if e_ca < -lca:
+                        continue
+                    map_x[r, c] = m0 * gx + m1 * gy + m2
+                    map_y[r, c] = m3 * gx + m4 * gy + m5
+
+    return kernel
+
+
+def affine_maps(corners: np.ndarray, order: np.ndarray, coeffs: np.ndarray, map_x: np.ndarray,
+                map_y: np.ndarray, x0: float = 0.0, y0: float = 0.0, step: float = 1.0, tol: float = 0.5) -> None:
+    """Rasterise triangles into warp maps, in place.
+
+    Args:
+        corners ((F, 3, 2) float32): triangle corners, continuous canvas pixels (pixel i spans
+            [i, i + 1), centre i + 0.5).
+        order ((K,) int): triangle rows to draw, in draw order (later on top).
+        coeffs ((6, F + 1) float32): per triangle ``k`` in column ``k + 1`` the affine map from
+            pixel indices to source pixels: ``src_x = c0 gx + c1 gy + c2``,
+            ``src_y = c3 gx + c4 gy + c5`` (column 0 is unused here).
+        map_x, map_y ((rows, cols) float32): written where a triangle covers a sample.
+        x0, y0 (float): pixel index of sample (0, 0); step (float): pixels between samples.
+        tol (float): coverage margin beyond the edges, pixels.
+    """
+    kernel = _compile()
+    kernel(np.ascontiguousarray(corners, np.float32), np.ascontiguousarray(order, np.int64),
+           np.ascontiguousarray(coeffs, np.float32), map_x, map_y, float(x0), float(y0), float(step), float(tol))
+
+
+def warm_up_in_background() -> None:
+    """Start loading the kernel on a daemon thread (importing numba and loading the cached
+    machine code takes ~1.5 s): a renderer made at start-up is ready by its first frame."""
+    if _kernel is None:
+        threading.Thread(target=warm_up, name="moda-raster-warm-up", daemon=True).start()
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the kernel now."""
+    corners = np.array([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]], np.float32)
+    coeffs = np.zeros((6, 2), np.float32)
+    m = np.zeros((4, 4), np.float32)
+    affine_maps(corners, np.zeros(1, np.int64), coeffs, m, m.copy())
