@@ -28,7 +28,9 @@ import os
 import re
 import shutil
 import subprocess
+import queue
 import tempfile
+import threading
 import weakref
 from fractions import Fraction
 from typing import Iterable, Iterator
@@ -332,10 +334,59 @@ def _fraction(fps: float) -> str:
     return f"{frac.numerator}/{frac.denominator}"
 
 
+class _PipeFeeder:
+    """Writes chunks into the encoder's stdin on a thread of its own, so the caller renders the
+    next chunk while x264 drains this one (a blocked pipe write releases the GIL).
+
+    At most ``depth`` chunks wait; :meth:`put` blocks beyond that, so memory stays bounded. The
+    first error (ffmpeg gone, disk full) is kept and raised by the next :meth:`put` or
+    :meth:`finish`. Holds the writer's ``state`` dict, never the writer (so an abandoned writer
+    is still collected and its finaliser stops this thread).
+    """
+
+    def __init__(self, state: dict, send, depth: int = 1):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._send = send
+        self._state = state
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="moda-mp4-feeder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            arr = self._queue.get()
+            if arr is None:
+                return
+            if self.error is None:
+                try:
+                    self._send(self._state, arr)
+                except BaseException as err:       # kept for the caller's thread
+                    self.error = err
+
+    def put(self, arr: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(arr)
+
+    def finish(self) -> None:
+        """Wait until every chunk is in the pipe; raise the first error."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """End the thread (pending chunks are dropped once an error or kill happened)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 def _cleanup(state: dict) -> None:
-    """Kill a running encoder and remove the temporary folder (idempotent)."""
+    """Kill a running encoder, stop its feeder thread, remove the temporary folder (idempotent)."""
     proc = state.get("proc")
     if proc is not None:
+        if state.get("feeder") is not None and proc.poll() is None:
+            proc.kill()            # first: the feeder thread may be blocked writing into the pipe
         try:
             if proc.stdin and not proc.stdin.closed:
                 proc.stdin.close()
@@ -345,6 +396,11 @@ def _cleanup(state: dict) -> None:
             proc.kill()
         proc.wait()
         state["proc"] = None
+    feeder = state.get("feeder")
+    if feeder is not None:
+        state["feeder"] = None
+        feeder.error = feeder.error or OutputPathError("the encoder was stopped")
+        feeder.stop()
     errf = state.get("errf")
     if errf is not None:
         errf.close()
@@ -355,10 +411,35 @@ def _cleanup(state: dict) -> None:
         state["tmpdir"] = None
 
 
+def _send_frames(state: dict, arr: np.ndarray, path: str) -> None:
+    """Write (t, H, W, 3) uint8 frames into the running encoder's stdin (blocks while it is full)."""
+    proc = state["proc"]
+    if proc is None:
+        raise OutputPathError(f"the encoder for {path!r} was stopped")
+    try:
+        proc.stdin.write(memoryview(arr).cast("B"))
+    except (BrokenPipeError, OSError, ValueError):
+        proc.wait()
+        raise OutputPathError(f"ffmpeg stopped while writing {path!r}: "
+                              f"{_ffmpeg_log_error(state)} — check free disk space") from None
+
+
+def _ffmpeg_log_error(state: dict) -> str:
+    """The last error line ffmpeg wrote to its log, or "unknown error"."""
+    errf = state.get("errf")
+    if errf is None:
+        return "unknown error"
+    errf.flush()
+    errf.seek(0)
+    return _last_error_line(errf.read().decode("utf-8", "replace"))
+
+
 class Mp4Writer:
     """Streaming H.264 (libx264, yuv420p) + AAC MP4 writer; a context manager.
 
-    Frames go to ffmpeg's stdin as raw RGB as they are written, so memory stays flat. On
+    Frames go to ffmpeg's stdin as raw RGB as they are written, so memory stays flat; a feeder
+    thread does the (blocking) pipe writes, so :meth:`write` returns once the chunk is queued
+    (at most one chunk waits) and the caller renders the next chunk while x264 encodes. On
     :meth:`close` the video is padded to the audio's length if needed (last frame repeated)
     and the audio is muxed, padded with silence or trimmed to exactly ``T / fps`` seconds
     (the video stream is copied, not re-encoded). The file appears at ``path`` only when
@@ -424,7 +505,7 @@ class Mp4Writer:
         self._last = None  # last frame written (after padding to even size)
         self._closed = False
         self._aborted = False
-        self._state: dict = {"proc": None, "errf": None, "tmpdir": None, "made_dirs": []}
+        self._state: dict = {"proc": None, "errf": None, "tmpdir": None, "made_dirs": [], "feeder": None}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
 
     # context manager
@@ -473,12 +554,7 @@ class Mp4Writer:
             raise OutputPathError(f"cannot start ffmpeg ({err}) — reinstall imageio-ffmpeg")
 
     def _ffmpeg_error(self) -> str:
-        errf = self._state.get("errf")
-        if errf is None:
-            return "unknown error"
-        errf.flush()
-        errf.seek(0)
-        return _last_error_line(errf.read().decode("utf-8", "replace"))
+        return _ffmpeg_log_error(self._state)
 
     def _check_chunk(self, frames) -> np.ndarray:
         arr = np.asarray(frames)
@@ -506,13 +582,23 @@ class Mp4Writer:
         return np.ascontiguousarray(arr)
 
     def _send(self, arr: np.ndarray) -> None:
-        proc = self._state["proc"]
-        try:
-            proc.stdin.write(memoryview(arr).cast("B"))
-        except (BrokenPipeError, OSError):
-            proc.wait()
-            raise OutputPathError(f"ffmpeg stopped while writing {self.path!r}: "
-                                  f"{self._ffmpeg_error()} — check free disk space") from None
+        """Frames into the encoder now, on this thread (see also :class:`_PipeFeeder`)."""
+        _send_frames(self._state, arr, self.path)
+
+    def _feed(self, arr: np.ndarray) -> None:
+        """Frames into the encoder from the feeder thread; returns once they are queued."""
+        feeder = self._state["feeder"]
+        if feeder is None:
+            path = self.path
+            feeder = self._state["feeder"] = _PipeFeeder(self._state, lambda st, a: _send_frames(st, a, path))
+        feeder.put(arr)
+
+    def _drain(self) -> None:
+        """Wait for the feeder thread to put every queued chunk into the pipe."""
+        feeder = self._state["feeder"]
+        if feeder is not None:
+            self._state["feeder"] = None
+            feeder.finish()
 
     def write(self, frames) -> None:
         """Append frames: one (H, W, 3) uint8 RGB frame or a chunk (t, H, W, 3)."""
@@ -524,7 +610,8 @@ class Mp4Writer:
                 return
             if self._state["proc"] is None:
                 self._start(*arr.shape[1:3])
-            self._send(arr)
+            # the caller may reuse its array once write() returns: the feeder gets its own copy
+            self._feed(arr.copy() if np.shares_memory(arr, np.asarray(frames)) else arr)
         except BaseException:
             self.abort()
             raise
@@ -553,6 +640,7 @@ class Mp4Writer:
         try:
             if self.frames_written == 0:
                 raise InvalidParameterError("no frames were written — nothing to encode")
+            self._drain()
             missing = self.expected_frames - self.frames_written if self.pad_to_audio else 0
             while missing > 0:
                 n = min(missing, 64)

@@ -143,6 +143,30 @@ def test_streaming_writer_takes_chunks_and_cleans_up_on_exception(tmp_path):
         writer.close()  # nothing to finalise after an abort: say so, do not pretend
 
 
+def test_writer_encodes_in_the_background_and_reports_a_dead_encoder(tmp_path):
+    import threading
+    frames = colour_frames(40)
+    writer = Mp4Writer(tmp_path / "bg.mp4", fps=30, audio=tone(40 / 30), preset="ultrafast")
+    chunk = frames[:20].copy()
+    writer.write(chunk)
+    chunk[...] = 0                      # the caller may reuse its buffer once write() returned
+    writer.write(frames[20:])
+    writer.close()
+    decoded = read_video_frames(tmp_path / "bg.mp4")
+    assert len(decoded) == 40 and abs(int(decoded[5, 4, 4, 0]) - int(frames[5, 4, 4, 0])) <= 3
+
+    # the encoder dies mid-stream: the next write or the close says so; nothing is left behind
+    writer = Mp4Writer(tmp_path / "dead.mp4", fps=30, audio=tone(4.0), preset="ultrafast")
+    writer.write(frames[:5])
+    writer._state["proc"].kill()
+    with pytest.raises(OutputPathError, match="ffmpeg|encoder"):
+        for _ in range(50):
+            writer.write(colour_frames(30))
+        writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["bg.mp4"]
+    assert not [t for t in threading.enumerate() if t.name == "moda-mp4-feeder"]
+
+
 def test_writer_creates_missing_folders_and_reports_unwritable_paths(tmp_path):
     path = write_mp4(colour_frames(3), 25, None, SR, tmp_path / "a" / "b" / "v.mp4")
     assert os.path.isfile(path)
