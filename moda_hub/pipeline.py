@@ -262,8 +262,10 @@ class ModaPipeline(DiffusionPipeline):
                                         kwargs.get("callback"))
 
     def _render_session(self, session: _Session, chunk_frames: int, output_size: Optional[int],
-                        output_path: Optional[str], render: bool, callback) -> Iterator[ModaStreamChunk]:
-        """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4."""
+                        output_path: Optional[str], render: bool, callback,
+                        internal: bool = False) -> Iterator[ModaStreamChunk]:
+        """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4.
+        ``internal``: the chunks' frames stay inside the pipeline (``__call__``), not the user's."""
         report = callback or (lambda stage, fraction: None)
         prepared = self.renderer.prepare(session.subject.image, session.subject.landmarks_px,
                                          output_size=output_size) if render else None
@@ -276,8 +278,8 @@ class ModaPipeline(DiffusionPipeline):
                 landmarks, torso_px, motion = self.motion_chunk(session, start, stop)
                 frames = self.renderer.render(prepared, landmarks, torso_px) if render \
                     else np.zeros((0, 0, 0, 3), np.uint8)
-                if writer is not None:
-                    writer.write(frames)
+                if writer is not None:    # __call__ never hands these frames out: no copy needed
+                    writer.write(frames, copy=not internal)
                 report("render", 0.2 + 0.8 * stop / n)
                 yield ModaStreamChunk(start, frames, landmarks, motion, float(session.fps))
             if writer is not None:
@@ -342,7 +344,8 @@ class ModaPipeline(DiffusionPipeline):
         session = self.prepare(image, audio, text, **kwargs)
         n = session.num_frames
         landmarks, motion, out_frames = np.empty((n, 478, 3), np.float32), {}, None
-        chunks = self._render_session(session, 32, output_size, video_path, output_type != "landmarks", callback)
+        chunks = self._render_session(session, 32, output_size, video_path, output_type != "landmarks", callback,
+                                      internal=True)
         with self.progress_bar(total=n) as bar:
             for chunk in chunks:
                 a, b = chunk.start, chunk.start + len(chunk.landmarks)

@@ -600,8 +600,11 @@ class Mp4Writer:
             self._state["feeder"] = None
             feeder.finish()
 
-    def write(self, frames) -> None:
-        """Append frames: one (H, W, 3) uint8 RGB frame or a chunk (t, H, W, 3)."""
+    def write(self, frames, copy: bool = True) -> None:
+        """Append frames: one (H, W, 3) uint8 RGB frame or a chunk (t, H, W, 3).
+
+        copy (bool, default True): the frames are encoded after this returns, so the writer
+        keeps a copy; ``copy=False`` skips it when the caller will not modify ``frames`` again."""
         if self._closed:
             raise InvalidParameterError("this Mp4Writer is closed — open a new one")
         try:
@@ -611,7 +614,7 @@ class Mp4Writer:
             if self._state["proc"] is None:
                 self._start(*arr.shape[1:3])
             # the caller may reuse its array once write() returns: the feeder gets its own copy
-            self._feed(arr.copy() if np.shares_memory(arr, np.asarray(frames)) else arr)
+            self._feed(arr.copy() if copy and np.shares_memory(arr, np.asarray(frames)) else arr)
         except BaseException:
             self.abort()
             raise
