@@ -340,18 +340,18 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         order = np.concatenate([np.flatnonzero(moved), np.arange(n_band, n_ord),
                                 n_ord + np.argsort(-zf, kind="stable")])
         order = order[ok[order]]
-        # 3. per-pixel source coordinates from a triangle-id raster; id 0 = not covered = identity
+        # 3. per-pixel source coordinates: column k + 1 of tab = triangle k's affine map (0: identity)
         pad = np.float32(p.pad)
         tab = np.empty((6, len(tri) + 1), np.float32)
         tab[:, 0] = (1.0, 0.0, pad, 0.0, 1.0, pad)
         tab[0, 1:], tab[1, 1:], tab[2, 1:] = a_x[:, 0], a_y[:, 0], c[:, 0]
         tab[3, 1:], tab[4, 1:], tab[5, 1:] = a_x[:, 1], a_y[:, 1], c[:, 1]
         # identity (uncovered pixels show the portrait where they are), then every triangle's map
+        h, w = p.box.height, p.box.width
         map_x, map_y = p.grid_x + pad, p.grid_y + pad
         step = float(p.map_stride)
         affine_maps(d, order, tab, map_x, map_y, p.grid_x[0, 0], p.grid_y[0, 0], step)
         if p.map_stride == 2:
-            h, w = p.box.height, p.box.width
             size = (2 * map_x.shape[1], 2 * map_x.shape[0])
             map_x = cv2.resize(map_x, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
             map_y = cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
@@ -364,14 +364,22 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
                 sub_x[...] = np.arange(x0, x1, dtype=np.float32)[None, :] + pad
                 sub_y[...] = np.arange(y0, y1, dtype=np.float32)[:, None] + pad
                 affine_maps(d, hit, tab, sub_x, sub_y, x0, y0, 1.0)
-        canvas = cv2.remap(p.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        # 4. soften silhouettes where the surface folds (head turns): natural edges are not sharp
+        # 4. the warp itself, only where some triangle moved (the rest is the portrait as it is)
+        canvas = p.texture[p.pad:p.pad + h, p.pad:p.pad + w].copy()
+        if len(order):
+            x0, y0 = np.maximum(np.floor(d[order].min(axis=(0, 1))).astype(int) - 2, 0)
+            x1, y1 = np.ceil(d[order].max(axis=(0, 1))).astype(int) + 2
+            x1, y1 = min(x1, w), min(y1, h)
+            if x1 > x0 and y1 > y0:
+                canvas[y0:y1, x0:x1] = cv2.remap(p.texture, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1],
+                                                 cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # 5. soften silhouettes where the surface folds (head turns): natural edges are not sharp
         flipped = (det * p.ref_orientation < 0) & ok
         e0, e1 = p.edge_triangles[:, 0], p.edge_triangles[:, 1]
         silhouette = (flipped[e0] != flipped[e1]) & ok[e0] & ok[e1]
         if silhouette.any():
             _soften_lines(canvas, verts[p.edge_vertices[silhouette]])
-        # 5. inner mouth where the lips part more than in the portrait
+        # 6. inner mouth where the lips part more than in the portrait
         xy = verts[:topo.NUM_LANDMARKS]
         alpha = mouth_lib.activity(xy, p.mouth)
         if alpha > 0:
