@@ -194,6 +194,21 @@ def _smooth_curve(knots_u: np.ndarray, knots_v: np.ndarray, u: np.ndarray) -> np
 _U = np.linspace(-0.6, 0.6, 1201).astype(np.float32)
 
 
+class _Lookup:
+    """Linear interpolation of profiles sampled on ``_U`` at fixed positions ``u`` (any shape):
+    the same as ``np.interp(u, _U, profile)`` (clamped at the ends), with the bracketing samples
+    found once for every profile looked up at these positions."""
+
+    def __init__(self, u: np.ndarray):
+        pos = np.clip((u - _U[0]) * np.float32((len(_U) - 1) / (_U[-1] - _U[0])), 0, len(_U) - 1)
+        self.i0 = np.minimum(pos.astype(np.intp), len(_U) - 2)
+        self.f = (pos - self.i0).astype(np.float32)
+
+    def __call__(self, profile: np.ndarray) -> np.ndarray:
+        a, b = profile[self.i0], profile[self.i0 + 1]
+        return (a + self.f * (b - a)).astype(np.float32, copy=False)
+
+
 def _gap_profile(centres: np.ndarray) -> np.ndarray:
     d = np.abs(np.abs(_U)[:, None] - centres[None]).min(axis=1)
     return np.clip(1.0 - d / 0.012, 0.0, 1.0).astype(np.float32)
@@ -231,8 +246,9 @@ def synthesize(frame: np.ndarray, xy: np.ndarray, model: MouthModel, alpha: floa
     inv_w = np.float32(1.0 / width)
     u = (dx * np.float32(ex[0]) + dy * np.float32(ex[1])) * inv_w
     v = (dx * np.float32(ey[0]) + dy * np.float32(ey[1])) * inv_w
-    up = np.interp(u, _U, _smooth_curve(uu, vu, _U)).astype(np.float32)
-    lo = np.interp(u, _U, _smooth_curve(ul, vl, _U)).astype(np.float32)
+    at = _Lookup(u)
+    up = at(_smooth_curve(uu, vu, _U))
+    lo = at(_smooth_curve(ul, vl, _U))
     px = np.float32(width)      # pixels per mouth unit, for anti-aliasing
     au = np.abs(u)
 
@@ -250,9 +266,9 @@ def synthesize(frame: np.ndarray, xy: np.ndarray, model: MouthModel, alpha: floa
     tg = model.tongue_rgb * (0.7 + 0.3 * np.clip((v - t_cy + 0.1) * 12.5, 0, 1))[..., None]
     col += a_tg[..., None] * (tg - col)
     if model.portrait is not None:
-        col = _portrait_interior(model, u, v, up, lo, px, col)
+        col = _portrait_interior(model, u, v, up, lo, px, col, at)
     else:
-        col = _synthetic_teeth(model, u, v, up, lo, px, col)
+        col = _synthetic_teeth(model, u, v, up, lo, px, col, at)
     a = (alpha * cover)[..., None]
     roi = frame[y0:y1, x0:x1]
     roi[...] = np.clip(roi + a * (col - roi) + 0.5, 0, 255).astype(np.uint8)
@@ -279,13 +295,11 @@ def _darkest_split(image_rgb, frame, upper, lower, rows: int = 24) -> np.ndarray
     return np.interp(_U, _U[cols], split).astype(np.float32)
 
 
-def _portrait_interior(model: MouthModel, u, v, up, lo, px, col):
+def _portrait_interior(model: MouthModel, u, v, up, lo, px, col, at: _Lookup):
     """The portrait's own mouth interior parted where it is darkest: the upper part hangs from
     the upper lip, the lower part rests on the lower lip, ``col`` (the cavity) opens between."""
     o, ex, ey, width = model.portrait_frame
-    up_r = np.interp(u, _U, model.portrait_upper).astype(np.float32)
-    lo_r = np.interp(u, _U, model.portrait_lower).astype(np.float32)
-    split = np.interp(u, _U, model.portrait_split).astype(np.float32)
+    up_r, lo_r, split = at(model.portrait_upper), at(model.portrait_lower), at(model.portrait_split)
     gap_r = np.maximum(lo_r - up_r, 0.0)
     h_up, h_lo = split * gap_r, (1.0 - split) * gap_r
     cut = up + h_up + 0.5 * ((lo - up) - gap_r)           # middle of the cavity
@@ -300,20 +314,20 @@ def _portrait_interior(model: MouthModel, u, v, up, lo, px, col):
     return col + cover[..., None] * (own - col)
 
 
-def _synthetic_teeth(model: MouthModel, u, v, up, lo, px, col):
+def _synthetic_teeth(model: MouthModel, u, v, up, lo, px, col, at: _Lookup):
     """Upper (and optionally lower) teeth coloured from the portrait, over ``col``."""
-    side = np.interp(u, _U, _SIDE_PROFILE).astype(np.float32)   # teeth fade into the corners' shadow
+    side = at(_SIDE_PROFILE)   # teeth fade into the corners' shadow
     u2 = (2 * u) ** 2
     # lower teeth, on the lower lip, shadowed, only towards the middle
     if model.lower_teeth_height > 0:
         lth = model.lower_teeth_height * (1.0 - 2.0 * u2)
         a_lt = _soft((v - (lo - lth)) * px) * _soft(lth * px)
-        lt_shade = 0.6 - 0.1 * np.interp(u, _U, _LOWER_GAP_PROFILE)
+        lt_shade = 0.6 - 0.1 * at(_LOWER_GAP_PROFILE)
         col += a_lt[..., None] * (model.teeth_rgb * lt_shade[..., None] - col)
     # upper teeth, hanging from the upper lip, a slight smile-shaped edge
     th = model.teeth_height * (1.0 - 0.35 * u2)
     a_ut = _soft((up + th - v) * px) * side
     under_lip = 1.0 - 0.3 * np.exp(-np.maximum(v - up, 0) * 40.0)
-    ut_shade = (1.0 - 0.12 * np.interp(u, _U, _UPPER_GAP_PROFILE)) * under_lip * (0.7 + 0.3 * side)
+    ut_shade = (1.0 - 0.12 * at(_UPPER_GAP_PROFILE)) * under_lip * (0.7 + 0.3 * side)
     col += a_ut[..., None] * (model.teeth_rgb * ut_shade[..., None] - col)
     return col

@@ -446,9 +446,9 @@ def _soften_lines(canvas: np.ndarray, segments: np.ndarray, width: int = 3) -> N
     mask = np.zeros(roi.shape[:2], np.uint8)
     lines = np.round((segments - 0.5 - np.float32([x0, y0])) * 16).astype(np.int32)
     cv2.polylines(mask, list(lines), False, 255, width, cv2.LINE_AA, 4)
-    m = (mask.astype(np.float32) * (1.0 / 255.0))[..., None]
+    m = mask.astype(np.float32) * np.float32(1.0 / 255.0)
     blurred = cv2.GaussianBlur(roi, (5, 5), 1.0)
-    roi[...] = (roi + m * (blurred.astype(np.float32) - roi) + 0.5).astype(np.uint8)
+    roi[...] = cv2.blendLinear(roi, blurred, 1.0 - m, m)
 
 
 # Regions drawn per pixel even with map_stride 2: each eye with its lids and the mouth.
