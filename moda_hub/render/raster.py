@@ -34,6 +34,65 @@ def _compile():
     return _kernel
 
 
+def _build_affines():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def affines(corners, sources, coeffs, det, min_det):  # pragma: no cover - compiled
+        one = np.float32(1.0)
+        half = np.float32(0.5)
+        for k in range(corners.shape[0]):
+            d0x = corners[k, 0, 0]; d0y = corners[k, 0, 1]
+            d1x = corners[k, 1, 0] - d0x; d1y = corners[k, 1, 1] - d0y
+            d2x = corners[k, 2, 0] - d0x; d2y = corners[k, 2, 1] - d0y
+            dt = d1x * d2y - d1y * d2x
+            det[k] = dt
+            inv = one / dt if abs(dt) > min_det else np.float32(0.0)
+            for axis in range(2):
+                s0 = sources[k, 0, axis]
+                s1 = sources[k, 1, axis] - s0
+                s2 = sources[k, 2, axis] - s0
+                ax = (s1 * d2y - s2 * d1y) * inv          # d src / d x
+                ay = (s2 * d1x - s1 * d2x) * inv          # d src / d y
+                coeffs[3 * axis, k + 1] = ax
+                coeffs[3 * axis + 1, k + 1] = ay
+                coeffs[3 * axis + 2, k + 1] = s0 - ax * d0x - ay * d0y + half * (ax + ay)
+
+    return affines
+
+
+_affines = None
+
+
+def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 0.05):
+    """Per-triangle affine maps destination -> source, for :func:`affine_maps`.
+
+    Args:
+        corners ((F, 3, 2) float32): destination corners, continuous canvas pixels.
+        sources ((F, 3, 2) float32): the same corners in the source image, pixels with integer
+            centres (what ``cv2.remap`` reads).
+        min_det (float): triangles with ``|det| <= min_det`` (twice the area, px^2) are
+            degenerate: their maps are left zero and they should not be drawn.
+
+    Returns:
+        coeffs ((6, F + 1) float32): column ``k + 1`` maps pixel index (gx, gy) of triangle k to
+            the source: ``x = c0 gx + c1 gy + c2``, ``y = c3 gx + c4 gy + c5``; column 0 = identity
+            (no offset). det ((F,) float32): twice each triangle's signed area, px^2.
+    """
+    global _affines
+    if _affines is None:
+        with _lock:
+            if _affines is None:
+                _affines = _build_affines()
+    n = len(corners)
+    coeffs = np.empty((6, n + 1), np.float32)
+    coeffs[:, 0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    det = np.empty(n, np.float32)
+    _affines(np.ascontiguousarray(corners, np.float32), np.ascontiguousarray(sources, np.float32),
+             coeffs, det, np.float32(min_det))
+    return coeffs, det
+
+
 def _build():
     import numba
 
@@ -126,3 +185,4 @@ def warm_up() -> None:
     coeffs = np.zeros((6, 2), np.float32)
     m = np.zeros((4, 4), np.float32)
     affine_maps(corners, np.zeros(1, np.int64), coeffs, m, m.copy())
+    triangle_affines(corners, corners)

@@ -31,7 +31,7 @@ from moda_hub.errors import InvalidParameterError
 from moda_hub.face import topology as topo
 from moda_hub.render import mesh as mesh_lib
 from moda_hub.render import mouth as mouth_lib
-from moda_hub.render.raster import affine_maps, warm_up_in_background
+from moda_hub.render.raster import affine_maps, triangle_affines, warm_up_in_background
 from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
 
 @dataclass
@@ -48,6 +48,7 @@ class PreparedPortrait:
     paste_mask: paste-back weights (None for crops).
     ref_landmarks: (478, 3) float32 reference mesh on the canvas.
     vertices_src: (N, 2) float32 every vertex's source position, texture pixels (integer centres).
+    source_corners: (F, 3, 2) float32 ``vertices_src[triangles]``.
     triangles: (F, 3) int32 over [478 landmarks, 28 eyeball vertices, band points]; rows
         [0, n_ordered) are drawn first, in order (band, mouth fill, eye fills), rows
         [n_ordered, F) are the face, sorted by depth per frame.
@@ -72,6 +73,7 @@ class PreparedPortrait:
     paste_mask: Optional[Feather]
     ref_landmarks: np.ndarray
     vertices_src: np.ndarray
+    source_corners: np.ndarray
     triangles: np.ndarray
     n_ordered: int
     n_band: int
@@ -254,7 +256,8 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         return PreparedPortrait(
             box=box, texture=texture, pad=pad, full_image=image if full else None,
             paste_mask=feather_mask(box, int(round(cfg.feather * max(box.width, box.height)))) if full else None,
-            ref_landmarks=ref_c, vertices_src=vertices_src, triangles=tris, n_ordered=n_ordered,
+            ref_landmarks=ref_c, vertices_src=vertices_src, source_corners=np.ascontiguousarray(vertices_src[tris]),
+            triangles=tris, n_ordered=n_ordered,
             n_band=len(band.triangles), band=band, iris_vertices=iris, mouth=mouth,
             edge_triangles=edge_tris, edge_vertices=edge_verts, ref_orientation=orientation,
             map_stride=stride, grid_x=gx, grid_y=gy)
@@ -321,31 +324,17 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         tri = p.triangles
         # 1. affine map per triangle, destination (canvas px) -> source (texture px)
         d = verts[tri]                                            # (F, 3, 2)
-        s = p.vertices_src[tri]
-        d1, d2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
-        det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]           # twice the signed area
+        tab, det = triangle_affines(d, p.source_corners)         # (6, F + 1), (F,)
         ok = np.abs(det) > 0.05
-        inv_det = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-        s1, s2 = s[:, 1] - s[:, 0], s[:, 2] - s[:, 0]
-        # A = [s1 s2] @ inv([d1 d2]);  inv = [[d2y, -d2x], [-d1y, d1x]] / det
-        a_x = (s1 * d2[:, 1:2] - s2 * d1[:, 1:2]) * inv_det[:, None]   # (F, 2): d src / d x
-        a_y = (s2 * d1[:, 0:1] - s1 * d2[:, 0:1]) * inv_det[:, None]   # (F, 2): d src / d y
-        # source of pixel (i, j): a_x * (i + 0.5) + a_y * (j + 0.5) + c
-        c = s[:, 0] - a_x * d[:, 0, 0:1] - a_y * d[:, 0, 1:2] + 0.5 * (a_x + a_y)
         # 2. draw order: band, fills, then the face far to near (larger z = farther)
         n_ord, n_band = p.n_ordered, p.n_band
-        ref_band = p.vertices_src[tri[:n_band]] - np.float32(p.pad - 0.5)   # band triangles at rest
-        moved = np.abs(verts[tri[:n_band]] - ref_band).max(axis=(1, 2)) > 1e-3
+        ref_band = p.source_corners[:n_band] - np.float32(p.pad - 0.5)      # band triangles at rest
+        moved = np.abs(d[:n_band] - ref_band).max(axis=(1, 2)) > 1e-3
         zf = z[tri[n_ord:]].mean(axis=1)
         order = np.concatenate([np.flatnonzero(moved), np.arange(n_band, n_ord),
                                 n_ord + np.argsort(-zf, kind="stable")])
         order = order[ok[order]]
-        # 3. per-pixel source coordinates: column k + 1 of tab = triangle k's affine map (0: identity)
         pad = np.float32(p.pad)
-        tab = np.empty((6, len(tri) + 1), np.float32)
-        tab[:, 0] = (1.0, 0.0, pad, 0.0, 1.0, pad)
-        tab[0, 1:], tab[1, 1:], tab[2, 1:] = a_x[:, 0], a_y[:, 0], c[:, 0]
-        tab[3, 1:], tab[4, 1:], tab[5, 1:] = a_x[:, 1], a_y[:, 1], c[:, 1]
         # identity (uncovered pixels show the portrait where they are), then every triangle's map
         h, w = p.box.height, p.box.width
         map_x, map_y = p.grid_x + pad, p.grid_y + pad
