@@ -78,29 +78,61 @@ def _add_prepare(sub):
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    v = psub.add_parser("video", help="a folder of real talking videos -> renderer and stage-1/2 training data "
+                                      "(resumable)")
+    v.add_argument("--in", dest="inputs", nargs="+", required=True, help="video folder(s) or files")
+    v.add_argument("--out", required=True, help="dataset folder")
+    v.add_argument("--crop-size", type=int, default=256, help="stored face crop side, px")
+    v.add_argument("--val-fraction", type=float, default=0.2, help="share of videos held out for validation")
+    v.add_argument("--val-count", type=int, default=None, help="hold out exactly this many videos instead")
+    v.add_argument("--min-span", type=float, default=1.0, help="shortest face span kept, seconds")
+    v.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
 
 
 def _prepare(args):
     if args.what == "synthetic":
         from .data.synthetic import build_corpus
         build_corpus(args.out, hours=args.hours, seed=args.seed, workers=args.workers)
+    elif args.what == "video":
+        from .data.video_dataset import list_videos, prepare_videos
+        fraction = args.val_fraction
+        if args.val_count is not None:
+            fraction = args.val_count / max(1, len(list_videos(args.inputs)))
+        prepare_videos(args.inputs, args.out, crop_size=args.crop_size, val_fraction=fraction, seed=args.seed,
+                       min_span_s=args.min_span)
 
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a stage (runs under `accelerate launch` too)")
-    p.add_argument("--stage", choices=["moda", "composer"], required=True)
-    p.add_argument("--data", required=True, help="corpus folder (moda prepare ...)")
-    p.add_argument("--out", required=True, help="output folder for the component")
+    p.add_argument("--stage", choices=["moda", "composer", "renderer"], required=True)
+    p.add_argument("--data", required=True, help="corpus folder (moda prepare synthetic | video)")
+    p.add_argument("--out", required=True, help="output folder for the component (renderer: a run folder "
+                                                "with renderer/ and the personal pipeline/)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, help="start from this pipeline or component folder")
+    p.add_argument("--init", default=None, help="start from this pipeline or component folder "
+                                                "(e.g. pretrained/moda-base to fine-tune on real video)")
+    r = p.add_argument_group("renderer (--stage renderer; defaults depend on CPU/GPU)")
+    r.add_argument("--base", default=DEFAULT_MODEL, help="stages 1-2 of the personal pipeline written "
+                                                        "to <out>/pipeline ('' = none)")
+    r.add_argument("--pipeline-out", default=None, help="where the personal pipeline goes")
+    r.add_argument("--image-size", type=int, default=None, help="network crop side, px (CPU 128, GPU 256)")
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--base-channels", type=int, default=None)
+    r.add_argument("--gan-weight", type=float, default=None, help="patch discriminator weight (CPU 0, GPU 0.05)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _train(args):
     from .training import train_stage
+    options = {}
+    if args.stage == "renderer":
+        options = dict(base=args.base or None, pipeline_out=args.pipeline_out, image_size=args.image_size,
+                       batch_size=args.batch_size, base_channels=args.base_channels, gan_weight=args.gan_weight,
+                       threads=args.threads)
     train_stage(args.stage, args.data, args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
-                init=args.init)
+                init=args.init, **options)
 
 
 def _add_evaluate(sub):

@@ -122,13 +122,20 @@ class ModaPipeline(DiffusionPipeline):
         (config json + safetensors). Never unpickles (``use_safetensors=True``). The folder's
         README.md model card is kept and written again by :meth:`save_pretrained`.
 
+        ``renderer=`` swaps stage 3 for a renderer object with the same ``prepare`` / ``render``
+        methods, e.g. a person's trained ``NeuralRenderer`` (loaded, and checked, on its own):
+        ``ModaPipeline.from_pretrained(base, renderer=NeuralRenderer.from_pretrained(folder))``.
+
         Every problem with the folder or its weights (missing file or tensor, corrupted or
         truncated safetensors, wrong shapes, NaN) raises ``WeightsError`` naming the file —
         never a pipeline with random weights (checks in :mod:`moda_hub.weights`)."""
         from .weights import load_pipeline, resolve_pipeline_folder
 
+        renderer = kwargs.pop("renderer", None)
         folder = resolve_pipeline_folder(pretrained_model_name_or_path, **kwargs)
         pipe = load_pipeline(cls, super().from_pretrained, folder, **kwargs)
+        if renderer is not None:          # a swap of any class (diffusers' check wants the folder's)
+            pipe.register_modules(renderer=renderer)
         card = os.path.join(str(folder), "README.md")
         if os.path.isfile(card):
             with open(card, encoding="utf-8") as f:

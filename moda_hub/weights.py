@@ -310,6 +310,38 @@ def load_pipeline(pipeline_class, loader, name_or_path, **kwargs):
     return pipe
 
 
+def load_component(cls, loader, name_or_path, subfolder=None, **kwargs):
+    """Load one weighted component (a ``ModelMixin``) from its folder with every check of this
+    module: config present, safetensors only, exactly the expected tensors and shapes, all finite.
+
+    Args:
+        cls: the component class; loader: ``callable(folder, **kwargs)`` doing the load
+            (diffusers' ``ModelMixin.from_pretrained`` bound to ``cls``).
+        name_or_path: the component folder, or a pipeline folder with ``subfolder``.
+        subfolder (str, optional): the component's folder inside ``name_or_path``.
+
+    Raises:
+        WeightsError: naming the file at fault (never a component with random weights).
+    """
+    refuse_remote_code(kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in REFUSED_OPTIONS}
+    kwargs["use_safetensors"] = True
+    folder = os.fspath(name_or_path)
+    sub = os.path.join(folder, subfolder) if subfolder else folder
+    if not os.path.isdir(sub):
+        raise WeightsError(f"no {cls.__name__} folder at {sub!r} — train one (`moda train --stage "
+                           f"renderer`) or pass the folder that holds its config.json and safetensors")
+    _check_component_folder(os.path.dirname(os.path.abspath(sub)), os.path.basename(os.path.abspath(sub)), cls)
+    try:
+        model = loader(sub, **kwargs)
+    except WeightsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - diffusers/torch raise many kinds
+        raise WeightsError(f"cannot load the {cls.__name__} in {sub!r} ({_one_line(err)}) — {FIX}") from None
+    verify_component(model, sub, cls.__name__)
+    return model
+
+
 def verify_pipeline(pipe, folder) -> None:
     """:func:`verify_component` for every weighted component of a loaded pipeline."""
     from diffusers.models.modeling_utils import ModelMixin

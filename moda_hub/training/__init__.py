@@ -5,12 +5,17 @@ from typing import Optional
 
 
 def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
-                seed: int = 0, init: Optional[str] = None):
-    """Train one stage ("moda" or "composer") on the corpus in ``data`` and save it to ``out``."""
+                seed: int = 0, init: Optional[str] = None, **options):
+    """Train one stage ("moda", "composer" or "renderer") on the data in ``data``; save it to ``out``.
+
+    ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``)."""
+    if stage == "renderer":
+        from .train_renderer import train_renderer
+        return train_renderer(data, out, minutes=minutes, steps=steps, seed=seed, init=init, **options)
     if stage == "moda":
         from .train_moda import train_moda
         return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init)
     if stage == "composer":
         from .train_composer import train_composer
         return train_composer(data, out, minutes=minutes, steps=steps, seed=seed, init=init)
-    raise ValueError(f"unknown stage {stage!r} — use moda or composer")
+    raise ValueError(f"unknown stage {stage!r} — use moda, composer or renderer")

@@ -1,4 +1,5 @@
-"""Training views of a motion corpus (format: ``moda_hub.data.synthetic``, "moda-synthetic/1").
+"""Training views of a motion corpus: synthetic ("moda-synthetic/1", ``moda_hub.data.synthetic``)
+or prepared from real videos ("moda-video/1", ``moda_hub.data.video_dataset``) — same shards.
 
 ``MotionCorpus`` holds utterances (per-frame features and motion) for stage 1;
 ``DenseFrames`` holds (lip, eye, subject, dense) frames for stage 2. Both read the shards
@@ -63,13 +64,16 @@ class MotionCorpus:
         for d, metas in _shards(data_dir, split):
             fo = d["frame_offsets"]
             for m in metas:
+                if not m.get("has_audio", True):     # a prepared video without sound: renderer only
+                    continue
                 i = m["index"]
                 a, b = int(fo[i]), int(fo[i + 1])
                 u = {k: d[k][a:b].astype(np.float32) for k in ("features", "lip", "eye", "head", "torso")}
                 if features == "logmel+phones":       # the speaker-robust phone stream
                     u["features"] = np.concatenate([u["features"], d["phones"][a:b].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
-                u["blink_rate"] = blink_rate_of(d["params"][a:b], self.fps)
+                # real videos (moda prepare video) record the measured rate; synthetic ones the rig's
+                u["blink_rate"] = float(m["blink_rate"]) if "blink_rate" in m else blink_rate_of(d["params"][a:b], self.fps)
                 self.utterances.append(u)
         if not self.utterances:
             raise ValueError(f"corpus {data_dir!r} has no {split!r} utterances")

@@ -1,0 +1,241 @@
+"""The person-specific NeuralRenderer and `moda prepare video`, on talking videos made here.
+
+The videos: the shipped pipeline (WarpRenderer) animates the bundled portrait with the bundled
+speech, written as MP4s with their audio — one of them with a second of no face in the middle.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moda_hub.errors import InvalidParameterError, WeightsError
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "pretrained" / "moda-base"
+SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory, shipped_pipe):
+    """Folder with talk_a.mp4, talk_b.mp4 (no face from 1.0 to 2.0 s), talk_c.mp4; 3 s, 30 fps, 320 px."""
+    from PIL import Image
+
+    from moda_hub.audio import load_audio
+    from moda_hub.video import write_mp4
+
+    folder = tmp_path_factory.mktemp("videos")
+    portrait = np.asarray(Image.open(ROOT / "examples" / "portrait.png").convert("RGB").resize((320, 320), Image.LANCZOS))
+    wav = load_audio(str(ROOT / "examples" / "speech.wav"))
+    for k, name in enumerate(("talk_a", "talk_b", "talk_c")):
+        clip = wav[int(k * 16000 * 2.5):][:int(SECONDS * 16000)]
+        out = shipped_pipe(image=portrait, audio=(16000, clip), output_type="np", output_size=0,
+                           generator=torch.Generator().manual_seed(k))
+        frames = out.frames.copy()
+        if name == "talk_b":
+            frames[30:60] = 128                                  # a second with no face at all
+        write_mp4(frames, 30, clip, 16000, str(folder / f"{name}.mp4"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(videos, tmp_path_factory):
+    from moda_hub.data.video_dataset import prepare_videos
+
+    out = tmp_path_factory.mktemp("data")
+    lines = []
+    manifest = prepare_videos(str(videos), str(out), crop_size=128, val_names=["talk_c"], min_span_s=0.5,
+                              progress=False, log=lines.append)
+    return out, manifest, lines
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """A renderer trained for a few steps (64 px grid, 128 px canvas) + its personal pipeline."""
+    from moda_hub.training.train_renderer import train_renderer
+
+    data, _, _ = dataset
+    run = tmp_path_factory.mktemp("run")
+    train_renderer(str(data), str(run), steps=120, seed=0, image_size=64, base_channels=8,
+                   channel_mult=[1, 2, 4, 4], batch_size=4, lr=2e-3, threads=1, log_every=40, val_clips=1,
+                   val_frames=45, base=str(MODEL))
+    with open(run / "renderer.metrics.json") as f:
+        return run, json.load(f)
+
+
+# ----------------------------------------------------------------------------- prepare video
+
+def test_prepare_writes_manifest_split_and_training_arrays(dataset):
+    data, manifest, _ = dataset
+    assert manifest["format"] == "moda-video/1" and manifest["fps"] == 30 and manifest["sample_rate"] == 16000
+    by_name = {v["name"]: v for v in manifest["videos"]}
+    assert set(by_name) == {"talk_a", "talk_b", "talk_c"}
+    assert by_name["talk_c"]["split"] == "val" and by_name["talk_a"]["split"] == "train"
+    assert manifest["splits"]["val"]["videos"] == 1 and manifest["splits"]["train"]["videos"] == 2
+    for v in manifest["videos"]:
+        assert v["frames"] == 90 and v["has_audio"]
+    assert [u["video"] for u in manifest["utterances"]].count("talk_b") == 2      # the two face spans
+    with np.load(data / f"shard_{by_name['talk_a']['shard']:04d}.npz") as z:
+        F = len(z["frame_index"])
+        assert F == by_name["talk_a"]["face_frames"] >= 85
+        assert z["landmarks"].shape == (F, 478, 3) and z["features"].shape == (F, 80) and z["phones"].shape == (F, 13)
+        assert z["lip"].shape == (F, 40, 3) and z["head"].shape == (F, 7) and z["torso"].shape == (F, 2)
+        assert np.abs(z["head"][0]).max() < 1e-5                                  # relative to the first frame
+        assert z["reference_frames"].shape == (1, 320, 320, 3)
+    crops = np.load(data / f"frames_{by_name['talk_a']['shard']:04d}.npy", mmap_mode="r")
+    assert crops.shape == (F, 128, 128, 3) and crops.dtype == np.uint8 and crops[10].std() > 20
+
+
+def test_faceless_span_is_skipped_and_reported(dataset):
+    _, manifest, lines = dataset
+    spans = [s for s in manifest["skipped"] if s["video"] == "talk_b"]
+    assert len(spans) == 1 and spans[0]["reason"] == "no face"
+    assert abs(spans[0]["start_s"] - 1.0) < 0.1 and abs(spans[0]["end_s"] - 2.0) < 0.1
+    assert any("talk_b: skipped" in line and "no face" in line for line in lines)
+    assert not manifest["failed"]
+
+
+def test_smoothing_reaches_the_stored_landmarks(dataset):
+    data, manifest, _ = dataset
+    v = next(v for v in manifest["videos"] if v["name"] == "talk_a")
+    with np.load(data / f"shard_{v['shard']:04d}.npz") as z:
+        raw, smooth = z["landmarks_raw"], z["landmarks"]
+    assert not np.allclose(raw, smooth)
+
+    def jitter(x):                                       # frame-to-frame acceleration, px
+        return float(np.abs(np.diff(x[:, :468, :2], n=2, axis=0)).mean())
+    assert jitter(smooth) < 0.8 * jitter(raw)
+    assert float(np.abs(raw - smooth)[:, :, :2].mean()) < 1.0     # smoothing, not a different face
+
+
+def test_prepare_resumes_without_redoing_videos(dataset, videos):
+    from moda_hub.data.video_dataset import prepare_videos
+
+    data, manifest, _ = dataset
+    stamps = {f: os.path.getmtime(data / f) for f in os.listdir(data) if f.startswith(("shard_", "frames_"))}
+    lines = []
+    again = prepare_videos(str(videos), str(data), crop_size=128, val_names=["talk_c"], min_span_s=0.5,
+                           progress=False, log=lines.append)
+    assert any("3 of 3 videos already done" in line for line in lines)
+    assert {f: os.path.getmtime(data / f) for f in stamps} == stamps
+    assert again["utterances"] == manifest["utterances"]
+
+
+def test_prepared_video_trains_stage_one_readers(dataset):
+    from moda_hub.training.corpus import DenseFrames, MotionCorpus
+
+    data, manifest, _ = dataset
+    train = MotionCorpus(str(data), "train")
+    assert len(train.utterances) == 3 and train.feature_dim == 93
+    assert all(np.isfinite(u["blink_rate"]) for u in train.utterances)
+    dense = DenseFrames(str(data), "val")
+    assert len(dense) == manifest["splits"]["val"]["frames"]
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    from moda_hub.data.video_dataset import load_manifest, list_videos
+
+    with pytest.raises(InvalidParameterError, match="neither a video file nor a folder"):
+        list_videos(str(tmp_path / "missing"))
+    with pytest.raises(InvalidParameterError, match="no video files"):
+        list_videos(str(tmp_path))
+    with pytest.raises(InvalidParameterError, match="moda prepare video"):
+        load_manifest(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- renderer
+
+def test_sketch_channels_follow_the_mouth():
+    from moda_hub.face.template import canonical_template
+    from moda_hub.face import topology as topo
+    from moda_hub.render.sketch import NUM_CHANNELS, draw_sketch
+
+    face = canonical_template() * 40 + np.float32([64, 64, 0])
+    opened = face.copy()
+    opened[topo.LIPS_INNER[np.isin(topo.LIPS_INNER, [14, 87, 178, 88, 95, 317, 402, 318, 324])], 1] += 8
+    closed_sk, open_sk = draw_sketch(face, 128), draw_sketch(opened, 128)
+    assert closed_sk.shape == (NUM_CHANNELS, 128, 128) and closed_sk.max() <= 1.0
+    assert open_sk[3].sum() > closed_sk[3].sum() + 50        # the mouth-opening channel fills
+    assert np.allclose(open_sk[1], closed_sk[1])             # the eyes did not move
+
+
+def test_untrained_renderer_renders_the_warp_and_keeps_state_across_chunks(dataset):
+    from moda_hub.models.neural_renderer import NeuralRenderer
+    from moda_hub.training.train_renderer import VideoFrames
+
+    data, _, _ = dataset
+    clip = VideoFrames(str(data), "val").clips[0]
+    torch.manual_seed(0)
+    r = NeuralRenderer(image_size=64, canvas_size=128, base_channels=8, channel_mult=[1, 2, 4, 4]).eval()
+    lm = clip["landmarks_px"][:12]
+    p = r.prepare(clip["portrait"], lm[0], output_size=128)
+    frames = r.render(p, lm)
+    warp = r.warp_renderer.render(r.warp_renderer.prepare(clip["portrait"], lm[0]), lm)
+    assert np.abs(frames.astype(int) - warp).max() <= 1               # zero correction = the warp
+    with torch.no_grad():                                              # a renderer that uses its inputs
+        for prm in r.out.parameters():
+            prm.normal_(0, 0.05)
+    whole = r.render(r.prepare(clip["portrait"], lm[0], output_size=128), lm)
+    p = r.prepare(clip["portrait"], lm[0], output_size=128)
+    parts = np.concatenate([r.render(p, lm[:5]), r.render(p, lm[5:])])
+    assert np.array_equal(whole, parts) and p.frames_rendered == 12
+    full = r.render(r.prepare(clip["portrait"], lm[0], output_size=0), lm[:2])
+    assert full.shape == (2,) + clip["portrait"].shape
+    with pytest.raises(InvalidParameterError, match="landmarks_px"):
+        r.render(p, lm[:, :100])
+
+
+def test_training_beats_the_untrained_renderer_on_held_out_frames(trained):
+    run, metrics = trained
+    assert metrics["steps"] == 120
+    assert metrics["val_psnr"] > metrics["untrained_val_psnr"] + 0.05, metrics
+    assert metrics["val_ssim"] >= metrics["untrained_val_ssim"] - 0.002, metrics
+    log = open(run / "renderer.log").read()
+    assert "untrained val_psnr" in log and "step 120" in log and "final" in log
+    assert sorted(os.listdir(run / "renderer")) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_personal_pipeline_swaps_renderer_saves_and_streams_like_call(trained, tmp_path):
+    from moda_hub import ModaPipeline
+    from moda_hub.models.neural_renderer import NeuralRenderer
+
+    run, metrics = trained
+    personal = ModaPipeline.from_pretrained(str(run / "pipeline"))
+    assert isinstance(personal.renderer, NeuralRenderer)
+    assert "NeuralRenderer" in personal.model_card and f"{metrics['val_psnr']:.2f}" in personal.model_card
+    renderer = NeuralRenderer.from_pretrained(str(run / "renderer"))
+    swapped = ModaPipeline.from_pretrained(str(MODEL), renderer=renderer)
+    swapped.save_pretrained(str(tmp_path / "again"))
+    again = ModaPipeline.from_pretrained(str(tmp_path / "again"))
+    a, b = again.renderer.state_dict(), personal.renderer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    personal.set_progress_bar_config(disable=True)
+    image = ROOT / "examples" / "portrait.png"
+    kw = dict(image=str(image), text="Hi there.", output_size=256)
+    out = personal(**kw, output_type="np", generator=torch.Generator().manual_seed(1))
+    chunks = list(personal.stream(**kw, chunk_frames=7, generator=torch.Generator().manual_seed(1)))
+    streamed = np.concatenate([c.frames for c in chunks])
+    assert out.frames.shape[1:] == (256, 256, 3) and np.array_equal(streamed, out.frames)
+
+
+def test_broken_renderer_weights_raise_weights_error(trained, tmp_path):
+    import shutil
+
+    from moda_hub.models.neural_renderer import NeuralRenderer
+
+    run, _ = trained
+    bad = tmp_path / "renderer"
+    shutil.copytree(run / "renderer", bad)
+    with open(bad / "diffusion_pytorch_model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(WeightsError, match="corrupted or truncated"):
+        NeuralRenderer.from_pretrained(str(bad))
+    os.remove(bad / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(WeightsError, match="missing"):
+        NeuralRenderer.from_pretrained(str(bad))
+    with pytest.raises(WeightsError, match="no NeuralRenderer folder"):
+        NeuralRenderer.from_pretrained(str(tmp_path / "nothing"))
