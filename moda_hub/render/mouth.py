@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from moda_hub.face import topology as topo
+from moda_hub.render.jit import compiled
 from moda_hub.render.mesh import LIPS_INNER_LOWER, LIPS_INNER_UPPER
 
 # Upper / lower tooth boundaries, in mouth-width units from the centre (narrower to the sides).
@@ -194,21 +195,6 @@ def _smooth_curve(knots_u: np.ndarray, knots_v: np.ndarray, u: np.ndarray) -> np
 _U = np.linspace(-0.6, 0.6, 1201).astype(np.float32)
 
 
-class _Lookup:
-    """Linear interpolation of profiles sampled on ``_U`` at fixed positions ``u`` (any shape):
-    the same as ``np.interp(u, _U, profile)`` (clamped at the ends), with the bracketing samples
-    found once for every profile looked up at these positions."""
-
-    def __init__(self, u: np.ndarray):
-        pos = np.clip((u - _U[0]) * np.float32((len(_U) - 1) / (_U[-1] - _U[0])), 0, len(_U) - 1)
-        self.i0 = np.minimum(pos.astype(np.intp), len(_U) - 2)
-        self.f = (pos - self.i0).astype(np.float32)
-
-    def __call__(self, profile: np.ndarray) -> np.ndarray:
-        a, b = profile[self.i0], profile[self.i0 + 1]
-        return (a + self.f * (b - a)).astype(np.float32, copy=False)
-
-
 def _gap_profile(centres: np.ndarray) -> np.ndarray:
     d = np.abs(np.abs(_U)[:, None] - centres[None]).min(axis=1)
     return np.clip(1.0 - d / 0.012, 0.0, 1.0).astype(np.float32)
@@ -219,15 +205,11 @@ _LOWER_GAP_PROFILE = _gap_profile(_LOWER_GAPS)
 _SIDE_PROFILE = (1.0 - np.clip((np.abs(_U) - 0.26) / 0.2, 0.0, 1.0)).astype(np.float32)
 
 
-def _soft(d: np.ndarray) -> np.ndarray:
-    """Coverage of a pixel by the half-plane d > 0, d in pixels (anti-aliased edge)."""
-    return np.clip(d + 0.5, 0.0, 1.0)
-
-
 def synthesize(frame: np.ndarray, xy: np.ndarray, model: MouthModel, alpha: float) -> None:
     """Draw the inner mouth into ``frame`` (h, w, 3) uint8, in place.
 
     xy: (478, 2) landmarks in the frame's pixels; alpha: 0..1 overall strength (see :func:`activity`).
+    The per-pixel work is one compiled pass (:func:`_mouth_kernel`) over the box around the lips.
     """
     if alpha <= 0.0:
         return
@@ -241,37 +223,129 @@ def synthesize(frame: np.ndarray, xy: np.ndarray, model: MouthModel, alpha: floa
         return
     o, ex, ey, width = _frame(xy)
     (uu, vu), (ul, vl) = _lid_curves(xy)
-    gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dx, dy = gx + np.float32(0.5 - o[0]), gy + np.float32(0.5 - o[1])
-    inv_w = np.float32(1.0 / width)
-    u = (dx * np.float32(ex[0]) + dy * np.float32(ex[1])) * inv_w
-    v = (dx * np.float32(ey[0]) + dy * np.float32(ey[1])) * inv_w
-    at = _Lookup(u)
-    up = at(_smooth_curve(uu, vu, _U))
-    lo = at(_smooth_curve(ul, vl, _U))
-    px = np.float32(width)      # pixels per mouth unit, for anti-aliasing
-    au = np.abs(u)
-
-    # cavity mask: between the inner lips
-    cover = _soft((v - up) * px) * _soft((lo - v) * px) * _soft((0.5 - au) * px)
-    if not cover.any():
-        return
-    # cavity: dark, a little lighter towards the lips and the corners
-    depth = np.clip(np.minimum(v - up, lo - v) * 10.0, 0.0, 1.0) * (1.0 - np.clip((au - 0.3) * 5.0, 0, 1))
-    col = model.cavity_rgb * (1.6 - 0.8 * depth)[..., None]
-    # tongue: an ellipse resting on the lower lip, its top lit a little more than its back
+    upper, lower = _smooth_curve(uu, vu, _U), _smooth_curve(ul, vl, _U)
     t_cy = float(_smooth_curve(ul, vl, np.zeros(1, np.float32))[0]) + 0.01
-    r = np.sqrt((u * (1 / 0.34)) ** 2 + ((v - t_cy) * 10.0) ** 2)
-    a_tg = _soft((1.0 - r) * 0.1 * px) * 0.9
-    tg = model.tongue_rgb * (0.7 + 0.3 * np.clip((v - t_cy + 0.1) * 12.5, 0, 1))[..., None]
-    col += a_tg[..., None] * (tg - col)
+    frame_geo = np.array([o[0], o[1], ex[0], ex[1], ey[0], ey[1], width], np.float32)
     if model.portrait is not None:
-        col = _portrait_interior(model, u, v, up, lo, px, col, at)
+        po, pex, pey, pwidth = model.portrait_frame
+        portrait = model.portrait
+        portrait_geo = np.array([po[0], po[1], pex[0], pex[1], pey[0], pey[1], pwidth], np.float32)
+        profiles = np.stack([upper, lower, model.portrait_upper, model.portrait_lower, model.portrait_split])
     else:
-        col = _synthetic_teeth(model, u, v, up, lo, px, col, at)
-    a = (alpha * cover)[..., None]
-    roi = frame[y0:y1, x0:x1]
-    roi[...] = np.clip(roi + a * (col - roi) + 0.5, 0, 255).astype(np.uint8)
+        portrait = np.zeros((1, 1, 3), np.uint8)
+        portrait_geo = np.zeros(7, np.float32)
+        profiles = np.stack([upper, lower, _SIDE_PROFILE, _UPPER_GAP_PROFILE, _LOWER_GAP_PROFILE])
+    colours = np.stack([model.cavity_rgb, model.tongue_rgb, model.teeth_rgb]).astype(np.float32)
+    sizes = np.array([t_cy, model.teeth_height, model.lower_teeth_height, alpha], np.float32)
+    _mouth_kernel(frame, x0, y0, x1, y1, frame_geo, np.ascontiguousarray(profiles, np.float32),
+                  np.float32(_U[0]), np.float32((len(_U) - 1) / (_U[-1] - _U[0])), colours, sizes,
+                  model.portrait is not None, portrait, portrait_geo)
+
+
+@compiled
+def _mouth_kernel():
+    """Per pixel of the box [x0, x1) x [y0, y1): mouth coordinates (u, v) of the pixel centre,
+    the cavity between the inner lips (darker deep inside), the tongue (an ellipse on the lower
+    lip), then either the portrait's own interior split at ``portrait_split`` (bilinear,
+    edges replicated) or synthetic teeth; blended into the frame by ``alpha`` x the cavity's
+    anti-aliased coverage. profiles (5, len(_U)): upper and lower inner-lip curves v(u), then
+    (portrait) its upper, lower and split curves or (synthetic) the side, upper-gap and
+    lower-gap profiles. geo: origin x, y, u axis, v axis (unit), width px."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(frame, x0, y0, x1, y1, geo, profiles, u0, u_scale, colours, sizes, own_teeth,
+               portrait, pgeo):  # pragma: no cover - compiled
+        f32 = np.float32
+        n = profiles.shape[1]
+        ox, oy, exx, exy, eyx, eyy, width = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+        inv_w = f32(1.0) / width
+        px = width
+        t_cy, teeth_h, lower_h, alpha = sizes[0], sizes[1], sizes[2], sizes[3]
+        ph, pw = portrait.shape[0], portrait.shape[1]
+        col = np.empty(3, np.float32)
+        for gy in range(y0, y1):
+            for gx in range(x0, x1):
+                dx = f32(gx) + (f32(0.5) - ox)
+                dy = f32(gy) + (f32(0.5) - oy)
+                u = (dx * exx + dy * exy) * inv_w
+                v = (dx * eyx + dy * eyy) * inv_w
+                pos = (u - u0) * u_scale
+                pos = min(max(pos, f32(0.0)), f32(n - 1))
+                i0 = min(int(pos), n - 2)
+                fr = pos - f32(i0)
+                up = profiles[0, i0] + fr * (profiles[0, i0 + 1] - profiles[0, i0])
+                lo = profiles[1, i0] + fr * (profiles[1, i0 + 1] - profiles[1, i0])
+                au = abs(u)
+                cover = (min(max((v - up) * px + f32(0.5), f32(0.0)), f32(1.0))
+                         * min(max((lo - v) * px + f32(0.5), f32(0.0)), f32(1.0))
+                         * min(max((f32(0.5) - au) * px + f32(0.5), f32(0.0)), f32(1.0)))
+                if cover <= 0.0:
+                    continue
+                depth = min(max(min(v - up, lo - v) * f32(10.0), f32(0.0)), f32(1.0)) \
+                    * (f32(1.0) - min(max((au - f32(0.3)) * f32(5.0), f32(0.0)), f32(1.0)))
+                r = np.sqrt((u * f32(1.0 / 0.34)) ** 2 + ((v - t_cy) * f32(10.0)) ** 2)
+                a_tg = min(max((f32(1.0) - r) * f32(0.1) * px + f32(0.5), f32(0.0)), f32(1.0)) * f32(0.9)
+                lit = f32(0.7) + f32(0.3) * min(max((v - t_cy + f32(0.1)) * f32(12.5), f32(0.0)), f32(1.0))
+                for c in range(3):
+                    col[c] = colours[0, c] * (f32(1.6) - f32(0.8) * depth)
+                    col[c] += a_tg * (colours[1, c] * lit - col[c])
+                p2 = profiles[2, i0] + fr * (profiles[2, i0 + 1] - profiles[2, i0])
+                p3 = profiles[3, i0] + fr * (profiles[3, i0 + 1] - profiles[3, i0])
+                p4 = profiles[4, i0] + fr * (profiles[4, i0 + 1] - profiles[4, i0])
+                if own_teeth:
+                    up_r, lo_r, split = p2, p3, p4
+                    gap_r = max(lo_r - up_r, f32(0.0))
+                    h_up = split * gap_r
+                    h_lo = (f32(1.0) - split) * gap_r
+                    cut = up + h_up + f32(0.5) * ((lo - up) - gap_r)
+                    if v <= cut:
+                        t = v - up
+                        v_src = up_r + t
+                        cov = min(max((h_up - t) * px + f32(0.5), f32(0.0)), f32(1.0))
+                    else:
+                        t = lo - v
+                        v_src = lo_r - t
+                        cov = min(max((h_lo - t) * px + f32(0.5), f32(0.0)), f32(1.0))
+                    if cov > 0.0:
+                        sx = (pgeo[0] - f32(0.5)) + (u * pgeo[2] + v_src * pgeo[4]) * pgeo[6]
+                        sy = (pgeo[1] - f32(0.5)) + (u * pgeo[3] + v_src * pgeo[5]) * pgeo[6]
+                        fx0 = np.floor(sx)
+                        fy0 = np.floor(sy)
+                        wx = sx - fx0
+                        wy = sy - fy0
+                        ax = min(max(int(fx0), 0), pw - 1)
+                        bx = min(max(int(fx0) + 1, 0), pw - 1)
+                        ay = min(max(int(fy0), 0), ph - 1)
+                        by = min(max(int(fy0) + 1, 0), ph - 1)
+                        for c in range(3):
+                            top = f32(portrait[ay, ax, c]) + wx * (f32(portrait[ay, bx, c]) - f32(portrait[ay, ax, c]))
+                            bot = f32(portrait[by, ax, c]) + wx * (f32(portrait[by, bx, c]) - f32(portrait[by, ax, c]))
+                            own = top + wy * (bot - top)
+                            col[c] += cov * (own - col[c])
+                else:
+                    side, upper_gap, lower_gap = p2, p3, p4
+                    u2 = (f32(2.0) * u) ** 2
+                    if lower_h > 0.0:
+                        lth = lower_h * (f32(1.0) - f32(2.0) * u2)
+                        a_lt = min(max((v - (lo - lth)) * px + f32(0.5), f32(0.0)), f32(1.0)) \
+                            * min(max(lth * px + f32(0.5), f32(0.0)), f32(1.0))
+                        lt_shade = f32(0.6) - f32(0.1) * lower_gap
+                        for c in range(3):
+                            col[c] += a_lt * (colours[2, c] * lt_shade - col[c])
+                    th = teeth_h * (f32(1.0) - f32(0.35) * u2)
+                    a_ut = min(max((up + th - v) * px + f32(0.5), f32(0.0)), f32(1.0)) * side
+                    under_lip = f32(1.0) - f32(0.3) * np.exp(-max(v - up, f32(0.0)) * f32(40.0))
+                    ut_shade = (f32(1.0) - f32(0.12) * upper_gap) * under_lip * (f32(0.7) + f32(0.3) * side)
+                    for c in range(3):
+                        col[c] += a_ut * (colours[2, c] * ut_shade - col[c])
+                a = alpha * cover
+                for c in range(3):
+                    roi = f32(frame[gy, gx, c])
+                    out = roi + a * (col[c] - roi) + f32(0.5)
+                    frame[gy, gx, c] = np.uint8(min(max(out, f32(0.0)), f32(255.0)))
+
+    return kernel
 
 
 def _darkest_split(image_rgb, frame, upper, lower, rows: int = 24) -> np.ndarray:
@@ -293,41 +367,3 @@ def _darkest_split(image_rgb, frame, upper, lower, rows: int = 24) -> np.ndarray
     split = np.where(clear, frac[darkest, 0], 0.9)
     split = np.convolve(np.pad(split, 4, mode="edge"), np.ones(9) / 9, mode="valid")
     return np.interp(_U, _U[cols], split).astype(np.float32)
-
-
-def _portrait_interior(model: MouthModel, u, v, up, lo, px, col, at: _Lookup):
-    """The portrait's own mouth interior parted where it is darkest: the upper part hangs from
-    the upper lip, the lower part rests on the lower lip, ``col`` (the cavity) opens between."""
-    o, ex, ey, width = model.portrait_frame
-    up_r, lo_r, split = at(model.portrait_upper), at(model.portrait_lower), at(model.portrait_split)
-    gap_r = np.maximum(lo_r - up_r, 0.0)
-    h_up, h_lo = split * gap_r, (1.0 - split) * gap_r
-    cut = up + h_up + 0.5 * ((lo - up) - gap_r)           # middle of the cavity
-    upper = v <= cut
-    t = np.where(upper, v - up, lo - v)                   # distance from the nearer lip
-    v_src = np.where(upper, up_r + t, lo_r - t)
-    cover = _soft((np.where(upper, h_up, h_lo) - t) * px)
-    sx = (np.float32(o[0] - 0.5) + (u * np.float32(ex[0]) + v_src * np.float32(ey[0])) * np.float32(width))
-    sy = (np.float32(o[1] - 0.5) + (u * np.float32(ex[1]) + v_src * np.float32(ey[1])) * np.float32(width))
-    own = cv2.remap(model.portrait, sx.astype(np.float32), sy.astype(np.float32), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-    return col + cover[..., None] * (own - col)
-
-
-def _synthetic_teeth(model: MouthModel, u, v, up, lo, px, col, at: _Lookup):
-    """Upper (and optionally lower) teeth coloured from the portrait, over ``col``."""
-    side = at(_SIDE_PROFILE)   # teeth fade into the corners' shadow
-    u2 = (2 * u) ** 2
-    # lower teeth, on the lower lip, shadowed, only towards the middle
-    if model.lower_teeth_height > 0:
-        lth = model.lower_teeth_height * (1.0 - 2.0 * u2)
-        a_lt = _soft((v - (lo - lth)) * px) * _soft(lth * px)
-        lt_shade = 0.6 - 0.1 * at(_LOWER_GAP_PROFILE)
-        col += a_lt[..., None] * (model.teeth_rgb * lt_shade[..., None] - col)
-    # upper teeth, hanging from the upper lip, a slight smile-shaped edge
-    th = model.teeth_height * (1.0 - 0.35 * u2)
-    a_ut = _soft((up + th - v) * px) * side
-    under_lip = 1.0 - 0.3 * np.exp(-np.maximum(v - up, 0) * 40.0)
-    ut_shade = (1.0 - 0.12 * at(_UPPER_GAP_PROFILE)) * under_lip * (0.7 + 0.3 * side)
-    col += a_ut[..., None] * (model.teeth_rgb * ut_shade[..., None] - col)
-    return col

@@ -13,28 +13,17 @@ A sample is covered by a triangle when its centre lies inside it or within ``tol
 its edges (a little conservative, like a polygon fill that includes its outline, so shared
 edges leave no cracks). Uncovered samples keep what the maps held (the caller fills identity).
 
-The kernel is compiled by numba on first use and cached on disk (``NUMBA_CACHE_DIR`` or next to
-this file); it releases the GIL.
+The kernels are compiled by numba on first use (:mod:`moda_hub.render.jit`); they release the GIL.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-_kernel = None
-_lock = threading.Lock()
+from moda_hub.render.jit import compiled
 
 
-def _compile():
-    global _kernel
-    with _lock:
-        if _kernel is None:
-            _kernel = _build()
-    return _kernel
-
-
-def _build_affines():
+@compiled
+def _affines():
     import numba
 
     @numba.njit(cache=True, nogil=True)
@@ -61,9 +50,6 @@ def _build_affines():
     return affines
 
 
-_affines = None
-
-
 def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 0.05):
     """Per-triangle affine maps destination -> source, for :func:`affine_maps`.
 
@@ -79,11 +65,6 @@ def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 
             the source: ``x = c0 gx + c1 gy + c2``, ``y = c3 gx + c4 gy + c5``; column 0 = identity
             (no offset). det ((F,) float32): twice each triangle's signed area, px^2.
     """
-    global _affines
-    if _affines is None:
-        with _lock:
-            if _affines is None:
-                _affines = _build_affines()
     n = len(corners)
     coeffs = np.empty((6, n + 1), np.float32)
     coeffs[:, 0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -93,7 +74,8 @@ def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 
     return coeffs, det
 
 
-def _build():
+@compiled
+def _kernel():
     import numba
 
     @numba.njit(cache=True, nogil=True, fastmath=False)
@@ -167,22 +149,5 @@ def affine_maps(corners: np.ndarray, order: np.ndarray, coeffs: np.ndarray, map_
         x0, y0 (float): pixel index of sample (0, 0); step (float): pixels between samples.
         tol (float): coverage margin beyond the edges, pixels.
     """
-    kernel = _compile()
-    kernel(np.ascontiguousarray(corners, np.float32), np.ascontiguousarray(order, np.int64),
+    _kernel(np.ascontiguousarray(corners, np.float32), np.ascontiguousarray(order, np.int64),
            np.ascontiguousarray(coeffs, np.float32), map_x, map_y, float(x0), float(y0), float(step), float(tol))
-
-
-def warm_up_in_background() -> None:
-    """Start loading the kernel on a daemon thread (importing numba and loading the cached
-    machine code takes ~1.5 s): a renderer made at start-up is ready by its first frame."""
-    if _kernel is None:
-        threading.Thread(target=warm_up, name="moda-raster-warm-up", daemon=True).start()
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) the kernel now."""
-    corners = np.array([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]], np.float32)
-    coeffs = np.zeros((6, 2), np.float32)
-    m = np.zeros((4, 4), np.float32)
-    affine_maps(corners, np.zeros(1, np.int64), coeffs, m, m.copy())
-    triangle_affines(corners, corners)

@@ -31,7 +31,8 @@ from moda_hub.errors import InvalidParameterError
 from moda_hub.face import topology as topo
 from moda_hub.render import mesh as mesh_lib
 from moda_hub.render import mouth as mouth_lib
-from moda_hub.render.raster import affine_maps, triangle_affines, warm_up_in_background
+from moda_hub.render.jit import warm_up_in_background
+from moda_hub.render.raster import affine_maps, triangle_affines
 from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
 
 @dataclass
