@@ -31,7 +31,7 @@ from moda_hub.errors import InvalidParameterError
 from moda_hub.face import topology as topo
 from moda_hub.render import mesh as mesh_lib
 from moda_hub.render import mouth as mouth_lib
-from moda_hub.render.jit import warm_up_in_background
+from moda_hub.render.jit import compiled, warm_up_in_background
 from moda_hub.render.raster import affine_maps, triangle_affines
 from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
 
@@ -55,7 +55,8 @@ class PreparedPortrait:
         [n_ordered, F) are the face, sorted by depth per frame.
     n_band: number of band triangles (the first rows).
     band: band points and their motion weights.
-    iris_vertices: (K,) landmark ids of iris points inside the eye fills.
+    iris_vertices: (K,) landmark ids of iris points inside the eye fills; iris_by_eye: (2, M)
+        the same per eye, -1 padded.
     mouth: inner-mouth model.
     edge_triangles: (E, 2) int32 rows of ``triangles`` on either side of each inner edge of the
         band and face meshes; edge_vertices: (E, 2) int32 the edge's vertex ids; ref_orientation:
@@ -80,6 +81,7 @@ class PreparedPortrait:
     n_band: int
     band: mesh_lib.Band
     iris_vertices: np.ndarray
+    iris_by_eye: np.ndarray
     mouth: mouth_lib.MouthModel
     edge_triangles: np.ndarray
     edge_vertices: np.ndarray
@@ -259,7 +261,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             paste_mask=feather_mask(box, int(round(cfg.feather * max(box.width, box.height)))) if full else None,
             ref_landmarks=ref_c, vertices_src=vertices_src, source_corners=np.ascontiguousarray(vertices_src[tris]),
             triangles=tris, n_ordered=n_ordered,
-            n_band=len(band.triangles), band=band, iris_vertices=iris, mouth=mouth,
+            n_band=len(band.triangles), band=band, iris_vertices=iris, iris_by_eye=iris_by_eye(iris), mouth=mouth,
             edge_triangles=edge_tris, edge_vertices=edge_verts, ref_orientation=orientation,
             map_stride=stride, grid_x=gx, grid_y=gy)
 
@@ -313,7 +315,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         """Frame vertex positions (N, 2) and landmark depths (478,), canvas pixels."""
         lm = p.box.to_canvas(lm_full)
         xy = lm[:, :2].copy()
-        eyeball = _eyelids(xy, p.ref_landmarks[:, :2], p.iris_vertices, self.config.eyelid_fold)
+        eyeball = _eyelids(xy, p.ref_landmarks[:, :2], p.iris_by_eye, self.config.eyelid_fold)
         disp = xy[topo.FACE_OVAL] - p.ref_landmarks[topo.FACE_OVAL, :2]
         b = p.band
         band = b.points + b.head_weight[:, None] * disp[b.oval_index] \
@@ -470,7 +472,16 @@ _EYE_LO = np.stack([e.lower[1:-1] for e in mesh_lib.EYES])
 _EYE_RINGS = np.stack([np.stack([e.upper_ring1, e.upper_ring2]) for e in mesh_lib.EYES])   # (2, 2, 7)
 
 
-def _eyelids(xy: np.ndarray, ref_xy: np.ndarray, iris_vertices: np.ndarray, fold) -> np.ndarray:
+def iris_by_eye(iris_vertices: np.ndarray) -> np.ndarray:
+    """(2, M) int64: the iris landmarks of ``iris_vertices`` that belong to each eye, -1 padded."""
+    rows = [[int(v) for v in iris_vertices if v == eye.iris_centre or v in eye.iris_ring] for eye in mesh_lib.EYES]
+    out = np.full((2, max(1, max(len(r) for r in rows))), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _eyelids(xy: np.ndarray, ref_xy: np.ndarray, iris: np.ndarray, fold) -> np.ndarray:
     """Eyelid handling for one frame; returns the eyeball vertices (28, 2), edits ``xy`` in place.
 
     xy, ref_xy: (478, 2) frame / reference landmarks, canvas px. Per eye, the reference lids are
@@ -481,49 +492,100 @@ def _eyelids(xy: np.ndarray, ref_xy: np.ndarray, iris_vertices: np.ndarray, fold
     brought down to at least ``fold`` fractions of the lid's travel (the lid skin unfolds; rings
     the mesh already moved that far are left alone). Iris points are kept inside the eyeball
     opening. With the reference mesh nothing moves.
+
+    iris: (2, M) from :func:`iris_by_eye`. One compiled pass (:func:`_eyelid_kernel`).
     """
-    a, b = xy[_EYE_A].astype(np.float64), xy[_EYE_B].astype(np.float64)          # (2, 2)
-    a0, b0 = ref_xy[_EYE_A].astype(np.float64), ref_xy[_EYE_B].astype(np.float64)
-    d, d0 = b - a, b0 - a0
-    # similarity carrying the reference eye onto this frame's corners: z -> a + rot * (z - a0)
-    den = np.maximum((d0 ** 2).sum(1), 1e-12)
-    cos = (d * d0).sum(1) / den
-    sin = (d0[:, 0] * d[:, 1] - d0[:, 1] * d[:, 0]) / den
-    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-6)
-    e = d / length[:, None]
-    n = np.stack([-e[:, 1], e[:, 0]], 1)                                              # down
+    ball = np.empty((2, 2, _EYE_UP.shape[1], 2), np.float32)
+    _eyelid_kernel(xy, np.ascontiguousarray(ref_xy, np.float32), _EYE_A, _EYE_B, _EYE_UP, _EYE_LO,
+                   _EYE_RINGS, iris, np.asarray(fold, np.float64), ball)
+    return ball.reshape(-1, 2)
 
-    def carried(ids):                                                                 # ids (2, K)
-        q = ref_xy[ids] - a0[:, None]
-        return a[:, None] + np.stack([cos[:, None] * q[..., 0] - sin[:, None] * q[..., 1],
-                                      sin[:, None] * q[..., 0] + cos[:, None] * q[..., 1]], -1)
 
-    rig_up, rig_lo = carried(_EYE_UP), carried(_EYE_LO)
-    cur_up, cur_lo = xy[_EYE_UP], xy[_EYE_LO]
-    t_up = ((cur_up - rig_up) * n[:, None]).sum(-1)               # > 0: upper lid came down
-    t_lo = ((cur_lo - rig_lo) * n[:, None]).sum(-1)               # < 0: lower lid came up
-    ball_up = np.where(t_up[..., None] > 0, rig_up, cur_up)
-    ball_lo = np.where(t_lo[..., None] < 0, rig_lo, cur_lo)
-    closing = np.maximum(t_up, 0.0)
-    if closing.any():
-        for k in range(2):
-            ring = _EYE_RINGS[:, k]
-            moved = ((xy[ring] - carried(ring)) * n[:, None]).sum(-1)             # what the mesh did
-            push = np.maximum(fold[k] * closing - moved, 0.0)
-            xy[ring] += (push[..., None] * n[:, None]).astype(xy.dtype)
-    if len(iris_vertices):
-        for i, eye in enumerate(mesh_lib.EYES):
-            mine = [v for v in iris_vertices if v == eye.iris_centre or v in eye.iris_ring]
-            if not mine:
+@compiled
+def _eyelid_kernel():
+    """The work of :func:`_eyelids`, per eye: ``ball`` (eye, upper/lower, K, 2) is written and
+    ``xy`` (478, 2) float32 edited in place; float64 arithmetic."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(xy, ref, eye_a, eye_b, eye_up, eye_lo, rings, iris, fold, ball):  # pragma: no cover
+        K = eye_up.shape[1]
+        geo = np.empty((2, 9))          # per eye: ax, ay, a0x, a0y, cos, sin, length, ex, ey
+        closing = np.zeros((2, K))
+        for i in range(2):
+            ax = np.float64(xy[eye_a[i], 0]); ay = np.float64(xy[eye_a[i], 1])
+            dx = np.float64(xy[eye_b[i], 0]) - ax; dy = np.float64(xy[eye_b[i], 1]) - ay
+            a0x = np.float64(ref[eye_a[i], 0]); a0y = np.float64(ref[eye_a[i], 1])
+            d0x = np.float64(ref[eye_b[i], 0]) - a0x; d0y = np.float64(ref[eye_b[i], 1]) - a0y
+            den = max(d0x * d0x + d0y * d0y, 1e-12)
+            cos = (dx * d0x + dy * d0y) / den
+            sin = (d0x * dy - d0y * dx) / den
+            length = max(np.hypot(dx, dy), 1e-6)
+            geo[i, 0] = ax; geo[i, 1] = ay; geo[i, 2] = a0x; geo[i, 3] = a0y; geo[i, 4] = cos
+            geo[i, 5] = sin; geo[i, 6] = length; geo[i, 7] = dx / length; geo[i, 8] = dy / length
+            nx = -geo[i, 8]; ny = geo[i, 7]                                     # down
+            for side in range(2):
+                for k in range(K):
+                    v = eye_up[i, k] if side == 0 else eye_lo[i, k]
+                    qx = np.float64(ref[v, 0]) - a0x; qy = np.float64(ref[v, 1]) - a0y
+                    rx = ax + (cos * qx - sin * qy); ry = ay + (sin * qx + cos * qy)
+                    cx = np.float64(xy[v, 0]); cy = np.float64(xy[v, 1])
+                    t = (cx - rx) * nx + (cy - ry) * ny
+                    rigid = t > 0 if side == 0 else t < 0
+                    ball[i, side, k, 0] = rx if rigid else cx
+                    ball[i, side, k, 1] = ry if rigid else cy
+                    if side == 0:
+                        closing[i, k] = max(t, 0.0)
+        if closing.max() > 0:
+            for i in range(2):
+                ax = geo[i, 0]; ay = geo[i, 1]; a0x = geo[i, 2]; a0y = geo[i, 3]
+                cos = geo[i, 4]; sin = geo[i, 5]; nx = -geo[i, 8]; ny = geo[i, 7]
+                for r in range(rings.shape[1]):
+                    for k in range(rings.shape[2]):
+                        v = rings[i, r, k]
+                        qx = np.float64(ref[v, 0]) - a0x; qy = np.float64(ref[v, 1]) - a0y
+                        rx = ax + (cos * qx - sin * qy); ry = ay + (sin * qx + cos * qy)
+                        moved = (np.float64(xy[v, 0]) - rx) * nx + (np.float64(xy[v, 1]) - ry) * ny
+                        push = max(fold[r] * closing[i, k] - moved, 0.0)
+                        xy[v, 0] += np.float32(push * nx)
+                        xy[v, 1] += np.float32(push * ny)
+        for i in range(2):
+            m = 0
+            while m < iris.shape[1] and iris[i, m] >= 0:
+                m += 1
+            if m == 0:
                 continue
-            upper = np.concatenate([a[i, None], ball_up[i], b[i, None]]) - a[i]
-            lower = np.concatenate([a[i, None], ball_lo[i], b[i, None]]) - a[i]
-            up_u, lo_u = np.maximum.accumulate(upper @ e[i]), np.maximum.accumulate(lower @ e[i])
-            q = xy[mine] - a[i]
-            u = np.clip(q @ e[i], 0.0, length[i])
-            v = q @ n[i]
-            v_up, v_lo = np.interp(u, up_u, upper @ n[i]), np.interp(u, lo_u, lower @ n[i])
-            v = np.clip(v, np.minimum(v_up, v_lo), np.maximum(v_up, v_lo))
-            if np.any(v != q @ n[i]) or np.any(u != q @ e[i]):
-                xy[mine] = (a[i] + u[:, None] * e[i] + v[:, None] * n[i]).astype(xy.dtype)
-    return np.concatenate([ball_up[0], ball_lo[0], ball_up[1], ball_lo[1]]).astype(np.float32)
+            ax = geo[i, 0]; ay = geo[i, 1]; length = geo[i, 6]
+            ex = geo[i, 7]; ey = geo[i, 8]; nx = -ey; ny = ex
+            bx = np.float64(xy[eye_b[i], 0]); by = np.float64(xy[eye_b[i], 1])
+            up_u = np.empty(K + 2); up_v = np.empty(K + 2); lo_u = np.empty(K + 2); lo_v = np.empty(K + 2)
+            for side in range(2):
+                uu = up_u if side == 0 else lo_u
+                vv = up_v if side == 0 else lo_v
+                uu[0] = 0.0; vv[0] = 0.0
+                for k in range(K):
+                    px = np.float64(ball[i, side, k, 0]) - ax; py = np.float64(ball[i, side, k, 1]) - ay
+                    uu[k + 1] = px * ex + py * ey; vv[k + 1] = px * nx + py * ny
+                px = bx - ax; py = by - ay
+                uu[K + 1] = px * ex + py * ey; vv[K + 1] = px * nx + py * ny
+                for k in range(1, K + 2):                        # non-decreasing u
+                    uu[k] = max(uu[k], uu[k - 1])
+            changed = False
+            us = np.empty(m); vs = np.empty(m)
+            for j in range(m):
+                v = iris[i, j]
+                qx = np.float64(xy[v, 0]) - ax; qy = np.float64(xy[v, 1]) - ay
+                u0 = qx * ex + qy * ey; v0 = qx * nx + qy * ny
+                u = min(max(u0, 0.0), length)
+                v_up = np.interp(u, up_u, up_v); v_lo = np.interp(u, lo_u, lo_v)
+                vc = min(max(v0, min(v_up, v_lo)), max(v_up, v_lo))
+                us[j] = u; vs[j] = vc
+                if u != u0 or vc != v0:
+                    changed = True
+            if changed:
+                for j in range(m):
+                    v = iris[i, j]
+                    xy[v, 0] = np.float32(ax + us[j] * ex + vs[j] * nx)
+                    xy[v, 1] = np.float32(ay + us[j] * ey + vs[j] * ny)
+
+    return kernel
