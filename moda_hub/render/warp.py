@@ -340,6 +340,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         pad = np.float32(p.pad)
         # identity (uncovered pixels show the portrait where they are), then every triangle's map
         h, w = p.box.height, p.box.width
+        lo_all, hi_all = d.min(axis=1), d.max(axis=1)              # (F, 2) triangle bounds
         map_x, map_y = p.grid_x + pad, p.grid_y + pad
         step = float(p.map_stride)
         affine_maps(d, order, tab, map_x, map_y, p.grid_x[0, 0], p.grid_y[0, 0], step)
@@ -349,7 +350,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             map_y = cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR)[2:2 + h, 2:2 + w]
             # where the map jumps (lids or lips meeting over the eye or the mouth), interpolating
             # it would show what lies between in the portrait: recompute eyes and mouth per pixel
-            lo, hi = d[order].min(axis=1), d[order].max(axis=1)    # bounds of the drawn triangles
+            lo, hi = lo_all[order], hi_all[order]                  # bounds of the drawn triangles
             for x0, y0, x1, y1 in _detail_boxes(verts, w, h):
                 hit = order[(hi[:, 0] >= x0) & (lo[:, 0] <= x1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1)]
                 sub_x, sub_y = map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1]
@@ -359,8 +360,8 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         # 4. the warp itself, only where some triangle moved (the rest is the portrait as it is)
         canvas = p.texture[p.pad:p.pad + h, p.pad:p.pad + w].copy()
         if len(order):
-            x0, y0 = np.maximum(np.floor(d[order].min(axis=(0, 1))).astype(int) - 2, 0)
-            x1, y1 = np.ceil(d[order].max(axis=(0, 1))).astype(int) + 2
+            x0, y0 = np.maximum(np.floor(lo_all[order].min(axis=0)).astype(int) - 2, 0)
+            x1, y1 = np.ceil(hi_all[order].max(axis=0)).astype(int) + 2
             x1, y1 = min(x1, w), min(y1, h)
             if x1 > x0 and y1 > y0:
                 canvas[y0:y1, x0:x1] = cv2.remap(p.texture, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1],
