@@ -37,6 +37,10 @@ COPY --chown=user examples ./examples
 COPY --chown=user app.py pyproject.toml README.md ./
 
 USER 1000
-ENV HOME=/home/user
+ENV HOME=/home/user \
+    NUMBA_CACHE_DIR=/home/user/.cache/numba
+# compile the renderer's kernels into the image (otherwise every new container compiles them
+# on its first request, ~5 s)
+RUN python -c "from moda_hub.render import jit, warp, mouth; jit.warm_up()"
 EXPOSE 7860
 CMD ["python", "app.py", "--host", "0.0.0.0", "--port", "7860"]
