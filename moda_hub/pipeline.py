@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 
 from .audio import load_audio, synthesize_speech
 from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
-from .features import speech_features
+from .features import FeatureTable
 from .errors import InvalidParameterError
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
@@ -77,7 +77,7 @@ class _Session:
     """What one call computes before any frame: subject, speech, features, latent, controls."""
     subject: Subject
     wav: np.ndarray                   # (N,) float32, 16 kHz
-    features: torch.Tensor            # (T_model, F) at the model's fps
+    features: FeatureTable            # (T_model, F) at the model's fps, phones filled on demand
     cond: torch.Tensor                # (1434,) canonical units
     extra: torch.Tensor               # (1,) blink rate / 20
     latent: torch.Tensor              # (1, L, Z) ProbAttn latent for the whole clip
@@ -196,7 +196,7 @@ class ModaPipeline(DiffusionPipeline):
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
-        feats = torch.from_numpy(speech_features(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features))
+        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features)   # phones on demand
         latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
         closure = sample_blink_closure(len(feats), model_fps, blink_rate, generator,
                                        speech_pauses(wav, SAMPLE_RATE))
@@ -215,7 +215,9 @@ class ModaPipeline(DiffusionPipeline):
         model_fps = self.moda.config.fps
         s0, s1 = source_range(start, stop, model_fps, session.fps, len(session.features))
         # 4. stage 1: motion from audio and subject (windowed; the latent is shared)
-        motion = self.moda.generate(session.features, session.cond, session.extra, latent=session.latent,
+        # windows touching [s0, s1) end before s1 + window: only their features are needed yet
+        feats = session.features.upto(s1 + self.moda.config.window)
+        motion = self.moda.generate(feats, session.cond, session.extra, latent=session.latent,
                                     frame_range=(s0, s1), cache=session.windows)
         motion = {k: v.float().cpu().numpy() for k, v in motion.items()}
         motion["eye"] = apply_blinks(motion["eye"], session.blink_closure[s0:s1], session.closed_eye)

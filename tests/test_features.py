@@ -1,0 +1,53 @@
+"""Stage-1 input features on demand (FeatureTable): equal to speech_features for ordinary clips;
+long speech is recognised segment by segment, cut in pauses, only as far as asked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moda_hub import features
+from moda_hub.audio import synthesize_speech
+from moda_hub.features import FeatureTable, phone_segments, speech_features
+from moda_hub.phones import phone_viseme_features
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def speech():
+    # two sentences with a pause between them, ~5 s
+    return synthesize_speech("The boat left the harbour at dawn. Bread was sold in the square by noon.")
+
+
+def test_a_clip_of_one_segment_gives_exactly_the_features_of_speech_features(speech):
+    table = FeatureTable(speech, SR, 30)
+    assert len(phone_segments(speech, SR)) == 1
+    assert np.array_equal(table.upto(len(table)).numpy(), speech_features(speech, SR, 30))
+    assert np.array_equal(FeatureTable(speech, SR, 25, kind="logmel").upto(10).numpy(),
+                          speech_features(speech, SR, 25, kind="logmel"))
+
+
+def test_segments_cover_the_clip_are_short_and_cut_at_the_quietest_tenth_of_a_second(speech):
+    segments = phone_segments(speech, SR, max_seconds=2.0)
+    assert segments[0][0] == 0 and segments[-1][1] == len(speech)
+    assert all(b == c for (_, b), (c, _) in zip(segments, segments[1:]))
+    assert all(0 < b - a <= 2 * SR for a, b in segments)
+    assert all(b % (SR // 10) == 0 for a, b in segments[:-1])
+    for a, b in segments[:-1]:     # the cut lies in the quietest 0.1 s of the segment's last third
+        lo = a + (2 * (2 * SR) // 3) // (SR // 10) * (SR // 10)
+        blocks = speech[lo:a + 2 * SR].reshape(-1, SR // 10)
+        assert np.isclose((speech[b - SR // 10:b] ** 2).mean(), (blocks ** 2).mean(1).min())
+
+
+def test_phones_are_recognised_only_as_far_as_asked(speech, monkeypatch):
+    monkeypatch.setattr(features, "PHONE_SEGMENT_SECONDS", 2.0)
+    table = FeatureTable(speech, SR, 30)
+    segments = phone_segments(speech, SR, max_seconds=2.0)
+    assert len(segments) >= 3
+    table.upto(10)
+    assert table._done == 1                              # only the first segment was recognised
+    full = table.upto(len(table)).numpy()
+    assert table._done == len(segments)
+    expected = np.concatenate([phone_viseme_features(speech[a:b], SR, 30) for a, b in segments])
+    assert np.allclose(full[:, -expected.shape[1]:], expected[:len(full)])
+    assert np.array_equal(full[:, :80], speech_features(speech, SR, 30)[:, :80])   # log-mel: whole clip
