@@ -270,9 +270,10 @@ def machine_info() -> dict:
         cv = cv2.__version__
     except ImportError:  # pragma: no cover
         cv = None
+    from moda_hub.render.warp import render_threads
     return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gb": mem,
             "torch": torch.__version__, "python": platform.python_version(), "opencv": cv,
-            "ffmpeg": _ffmpeg_version(), "kernel": platform.release()}
+            "ffmpeg": _ffmpeg_version(), "kernel": platform.release(), "render_threads": render_threads()}
 
 
 def _meminfo_gb() -> float:
@@ -396,10 +397,16 @@ def cold_start(model: str, threads: int) -> dict:
     """import + from_pretrained in a fresh interpreter (seconds), and spawn-to-done wall time."""
     code = ("import time, json; t0 = time.perf_counter()\n"
             "import torch; torch.set_num_threads(%d); ta = time.perf_counter()\n"
+            "import torch._dynamo; td = time.perf_counter()\n"           # diffusers imports it at start-up
+            "import importlib.util\n"
+            "if importlib.util.find_spec('transformers'):\n"                # ... and transformers, when installed
+            "    import transformers.utils.quantization_config\n"
+            "tt = time.perf_counter()\n"
             "import diffusers.pipelines.pipeline_utils; tb = time.perf_counter()\n"
             "from moda_hub import ModaPipeline\n"
             "t1 = time.perf_counter(); pipe = ModaPipeline.from_pretrained(%r); t2 = time.perf_counter()\n"
             "print(json.dumps({'import_s': t1 - t0, 'import_torch_s': ta - t0, 'import_diffusers_s': tb - ta,\n"
+            "                  'import_dynamo_s': td - ta, 'import_transformers_s': tt - td,\n"
             "                  'import_moda_hub_rest_s': t1 - tb, 'from_pretrained_s': t2 - t1, 'cold_start_s': t2 - t0}))\n"
             % (threads, model))
     t0 = time.perf_counter()
@@ -491,7 +498,7 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram_gb']} GB RAM, torch {m['torch']}, "
              f"Python {m['python']}, OpenCV {m['opencv']}, ffmpeg {m['ffmpeg']}; torch threads "
-             f"{results['settings']['threads']}; {results['settings']['mode']} run, {results['date']}.", "",
+             f"{results['settings']['threads']}, render threads {m.get('render_threads', 1)}; {results['settings']['mode']} run, {results['date']}.", "",
              "| case | frames | runs | wall s | RTF | floor s | total/floor | face | decode | log-mel | phones "
              "| stage 1 | stage 2 | render | encode | other | render ms/frame | CPU s Python + ffmpeg | CPU RTF / 2 cores "
              "| peak RSS MB Python (+ffmpeg) | first chunk s | load avg |",
@@ -510,7 +517,9 @@ def markdown(results: dict) -> str:
     if cold:
         lines += ["", f"Cold start (fresh interpreter, median of {results['cold_start']['repeats']}): import "
                       f"{cold['import_s']:.2f} s (torch {cold['import_torch_s']:.2f} s, diffusers' pipeline_utils "
-                      f"{cold['import_diffusers_s']:.2f} s, the rest of moda_hub {cold['import_moda_hub_rest_s']:.2f} s) "
+                      f"{cold['import_diffusers_s']:.2f} s -- of which torch._dynamo {cold.get('import_dynamo_s', 0):.2f} s "
+                      f"and transformers {cold.get('import_transformers_s', 0):.2f} s --, the rest of moda_hub "
+                      f"{cold['import_moda_hub_rest_s']:.2f} s) "
                       f"+ from_pretrained {cold['from_pretrained_s']:.2f} s = **{cold['cold_start_s']:.2f} s** "
                       f"(process spawn to exit {cold['process_wall_s']:.2f} s)."]
     if results.get("targets"):
@@ -585,7 +594,7 @@ def main(argv=None):
             return 0
         results["cases"].append({"case": name, "api": api, "layout": layout, "seconds": d, "runs": runs,
                                  "median": summarise(runs)})
-    colds = [cold_start(args.model, args.threads) for _ in range(1 if (args.quick or args.cases) else 3)]
+    colds = [cold_start(args.model, args.threads) for _ in range(1 if args.quick else 3)]
     results["cold_start"] = {"repeats": len(colds), "runs": colds,
                              "median": {k: round(statistics.median(c[k] for c in colds), 3) for k in colds[0]}}
     results["targets"] = check_targets(results)
