@@ -239,3 +239,20 @@ def test_broken_renderer_weights_raise_weights_error(trained, tmp_path):
         NeuralRenderer.from_pretrained(str(bad))
     with pytest.raises(WeightsError, match="no NeuralRenderer folder"):
         NeuralRenderer.from_pretrained(str(tmp_path / "nothing"))
+
+
+def test_cli_prepare_video_and_train_renderer_arguments(videos, tmp_path):
+    from moda_hub.cli import build_parser, main
+
+    out = tmp_path / "cli_data"
+    assert main(["prepare", "video", "--in", str(videos), "--out", str(out), "--crop-size", "128",
+                 "--val-count", "1", "--min-span", "0.5"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["videos"] == 1 and manifest["crop_size"] == 128
+    args = build_parser().parse_args(["train", "--stage", "renderer", "--data", str(out), "--out", "runs/me",
+                                      "--minutes", "30", "--image-size", "128", "--threads", "1"])
+    assert args.stage == "renderer" and args.image_size == 128 and args.base.endswith("moda-base")
+    args = build_parser().parse_args(["train", "--stage", "moda", "--data", str(out), "--out", "runs/m",
+                                      "--init", "pretrained/moda-base", "--steps", "10"])
+    assert args.init == "pretrained/moda-base"
+    assert main(["prepare", "video", "--in", str(tmp_path / "nothing"), "--out", str(out)]) == 2

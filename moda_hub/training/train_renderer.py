@@ -7,10 +7,11 @@ training video with
 - its landmark sketch (what to draw) and the clip's portrait warped to it by the WarpRenderer
   (the first guess the network corrects),
 - the clip's first frame as the reference (the portrait, as at inference), and
-- a previous frame, as the renderer will see it at inference: the real frame ``t - 1`` with
-  noise (teacher forcing), the renderer's *own* output for ``t - 1`` (self-generated, no
-  gradient; so errors it makes are inputs it has learnt to correct instead of to copy), or the
-  reference itself (the first frame of a clip).
+- a previous frame, as the renderer will see it at inference: for most rows the renderer's
+  *own* output of the frame before, from rollouts that follow clips frame by frame across
+  training steps (:class:`Batches`; so it learns to correct its own errors instead of copying
+  and accumulating them), for the others the real frame ``t - 1`` with noise (teacher forcing)
+  or the reference itself (the first frame of a clip).
 
 Losses: L1 + 0.5 (1 - SSIM), plus an optional PatchGAN hinge loss (``gan_weight``).
 Runs as is on one CPU and unchanged under ``accelerate launch``; seeded; plain log lines; weights
@@ -88,24 +89,37 @@ class VideoFrames:
 
 
 class Batches:
-    """Random training examples (see the module docstring), as CPU tensors.
+    """Training examples (see the module docstring), as CPU tensors.
 
     Every clip's portrait is its first frame, warped by the model's WarpRenderer to the target
-    meshes (the first guess the network corrects)."""
+    meshes (the first guess the network corrects). Rows of a batch are of two kinds:
+
+    - *rollout* rows (``rollouts`` of them): each follows one clip frame after frame over
+      successive steps, and its previous frame is the renderer's **own output** of the step before
+      (:meth:`update`), exactly as at inference — so the renderer learns to correct its own
+      errors instead of drifting. A rollout runs ``rollout_frames`` frames, then a new one starts:
+      half the time at the clip's first frame with the reference as previous frame (the start of
+      a clip at inference), otherwise at a random frame from the real frame before it;
+    - *teacher-forcing* rows: a random frame, the real previous frame with noise as previous
+      frame (or, with ``p_start``, the reference: a clip's first frame).
+    """
 
     def __init__(self, data: VideoFrames, model: NeuralRenderer, batch_size: int, seed: int,
-                 p_self: float = 0.3, p_start: float = 0.15, noise: float = 0.03):
+                 rollouts: Optional[int] = None, rollout_frames: int = 30, p_start: float = 0.2,
+                 noise: float = 0.03):
         if model.config.canvas_size != data.canvas_size:
             raise InvalidParameterError(f"the renderer's canvas_size {model.config.canvas_size} differs from the "
                                         f"dataset's crop_size {data.canvas_size} — prepare the data with "
                                         f"--crop-size {model.config.canvas_size}")
         self.data, self.model, self.B = data, model, batch_size
         self.rng = np.random.default_rng(seed)
-        self.p_self, self.p_start, self.noise = p_self, p_start, noise
+        self.n_roll = max(0, min(batch_size, (batch_size * 3) // 4 if rollouts is None else rollouts))
+        self.rollout_frames, self.p_start, self.noise = rollout_frames, p_start, noise
         lengths = np.array([len(c["frames"]) for c in data.clips], float)
         self.prob = lengths / lengths.sum()
         self._sketches: Dict[tuple, np.ndarray] = {}
         self._warps: Dict[int, object] = {}
+        self.streams: List[Optional[dict]] = [None] * self.n_roll
 
     def sketch(self, c: int, t: int) -> np.ndarray:
         s = self._sketches.get((c, t))
@@ -123,51 +137,65 @@ class Batches:
             self._warps[c] = w.prepare(clip["portrait"], clip["landmarks_px"][0])
         return w.render(self._warps[c], clip["landmarks_px"][t:t + 1], clip["torso_px"][t:t + 1])[0]
 
+    def _grid(self, frame: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.to_grid(to_tensor(frame)[None])[0]
+
+    def _new_stream(self) -> dict:
+        c = int(self.rng.choice(len(self.prob), p=self.prob))
+        clip = self.data.clips[c]
+        T = len(clip["frames"])
+        if T < 2 or self.rng.random() < 0.5:
+            t, prev, prev_sk = min(1, T - 1), None, None                  # from the reference
+        else:
+            t = int(self.rng.integers(1, T))
+            prev, prev_sk = self._grid(clip["frames"][t - 1]), self.sketch(c, t - 1)
+        return dict(clip=c, t=t, prev=prev, prev_sketch=prev_sk, left=self.rollout_frames)
+
     def next(self):
         """-> dict of tensors: target, warped (B, 3, K, K); target_sketch, reference, reference_sketch,
-        previous (real t-1 with noise, or the reference for "start" rows), previous_sketch, prev2 (real
-        t-2 or the reference), prev2_sketch on the network grid; warped_prev (B, 3, K, K) (the warp
-        of t-1, for self-generated rows); ``mode`` (B,) 0 teacher forcing, 1 self-generated, 2 start."""
+        previous, previous_sketch (B, ., S, S) on the network grid; ``rollout`` (B,) bool."""
         rng, B = self.rng, self.B
-        keys = ("target", "warped", "warped_prev", "target_sketch", "reference", "reference_sketch", "previous",
-                "previous_sketch", "prev2", "prev2_sketch")
-        out = {k: [] for k in keys}
-        modes = []
-        for c in rng.choice(len(self.prob), size=B, p=self.prob):
+        rows = []
+        for i in range(self.n_roll):
+            st = self.streams[i]
+            if st is None or st["left"] <= 0 or st["t"] >= len(self.data.clips[st["clip"]]["frames"]):
+                st = self.streams[i] = self._new_stream()
+            rows.append((st["clip"], st["t"], st["prev"], st["prev_sketch"], True))
+        for _ in range(B - self.n_roll):
+            c = int(rng.choice(len(self.prob), p=self.prob))
             clip = self.data.clips[c]
             T = len(clip["frames"])
             t = int(rng.integers(1, T)) if T > 1 else 0
-            u = rng.random()
-            mode = 2 if (u < self.p_start or t == 0) else (1 if u < self.p_start + self.p_self else 0)
-            modes.append(mode)
-            ref, ref_sk = clip["frames"][0], self.sketch(c, 0)
-            out["target"].append(clip["frames"][t]); out["target_sketch"].append(self.sketch(c, t))
-            out["warped"].append(self.warped(c, t))
-            out["reference"].append(ref); out["reference_sketch"].append(ref_sk)
-            if mode == 2:
-                out["previous"].append(ref); out["previous_sketch"].append(ref_sk)
+            if t == 0 or rng.random() < self.p_start:
+                rows.append((c, t, None, None, False))
             else:
-                out["previous"].append(clip["frames"][t - 1]); out["previous_sketch"].append(self.sketch(c, t - 1))
-            out["warped_prev"].append(self.warped(c, t - 1) if mode == 1 else ref)
-            if t >= 2:
-                out["prev2"].append(clip["frames"][t - 2]); out["prev2_sketch"].append(self.sketch(c, t - 2))
-            else:
-                out["prev2"].append(ref); out["prev2_sketch"].append(ref_sk)
-        batch = {}
-        for k, v in out.items():
-            arr = np.stack(v)
-            batch[k] = to_tensor(arr) if arr.dtype == np.uint8 else torch.from_numpy(arr)
-        with torch.no_grad():
-            for k in ("reference", "previous", "prev2"):
-                batch[k] = self.model.to_grid(batch[k])
-        # teacher-forced previous frames get noise: at inference the previous frame is never perfect
-        m = torch.tensor(modes)
-        sigma = torch.from_numpy(rng.uniform(0, self.noise, B).astype(np.float32))[:, None, None, None]
-        noise = torch.from_numpy(rng.standard_normal(batch["previous"].shape).astype(np.float32))
-        noisy = (batch["previous"] + 2 * sigma * noise).clamp(-1, 1)
-        batch["previous"] = torch.where((m == 0)[:, None, None, None], noisy, batch["previous"])
-        batch["mode"] = m
+                g = self._grid(clip["frames"][t - 1])
+                sigma = float(rng.uniform(0, self.noise))
+                g = (g + 2 * sigma * torch.from_numpy(rng.standard_normal(g.shape).astype(np.float32))).clamp(-1, 1)
+                rows.append((c, t, g, self.sketch(c, t - 1), False))
+        out = {k: [] for k in ("target", "warped", "target_sketch", "reference", "reference_sketch", "previous",
+                               "previous_sketch")}
+        for c, t, prev, prev_sk, _ in rows:
+            clip = self.data.clips[c]
+            ref = self._grid(clip["frames"][0])
+            out["target"].append(to_tensor(clip["frames"][t])); out["warped"].append(to_tensor(self.warped(c, t)))
+            out["target_sketch"].append(torch.from_numpy(self.sketch(c, t)))
+            out["reference"].append(ref); out["reference_sketch"].append(torch.from_numpy(self.sketch(c, 0)))
+            out["previous"].append(ref if prev is None else prev)
+            out["previous_sketch"].append(torch.from_numpy(self.sketch(c, 0) if prev_sk is None else prev_sk))
+        batch = {k: torch.stack(v) for k, v in out.items()}
+        batch["rollout"] = torch.tensor([r[4] for r in rows])
         return batch
+
+    def update(self, pred: torch.Tensor) -> None:
+        """Advance the rollouts with this step's outputs ``pred`` (B, 3, K, K) (rows as :meth:`next`)."""
+        with torch.no_grad():
+            grid = self.model.to_grid(pred.detach().float().cpu())
+        for i, st in enumerate(self.streams):
+            st["prev"], st["prev_sketch"] = grid[i], self.sketch(st["clip"], st["t"])
+            st["t"] += 1
+            st["left"] -= 1
 
 
 @torch.no_grad()
@@ -276,17 +304,9 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, step / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         b = {k: v.to(dev) for k, v in batches.next().items()}
-        prev = b["previous"]
-        self_rows = b["mode"] == 1
-        if bool(self_rows.any()):                            # the renderer's own previous frame
-            with torch.no_grad():
-                i = self_rows.nonzero()[:, 0]
-                gen = net(b["warped_prev"][i], b["previous_sketch"][i], b["reference"][i], b["reference_sketch"][i],
-                          b["prev2"][i], b["prev2_sketch"][i])
-            prev = prev.clone()
-            prev[i] = net.to_grid(gen)
-        pred = model(b["warped"], b["target_sketch"], b["reference"], b["reference_sketch"], prev,
+        pred = model(b["warped"], b["target_sketch"], b["reference"], b["reference_sketch"], b["previous"],
                      b["previous_sketch"])
+        batches.update(pred)
         losses = net.loss(pred, b["target"], ssim_weight)
         loss = losses["loss"]
         if disc is not None and step > 200:
