@@ -230,7 +230,7 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
                    ssim_weight: float = 0.5, log_every: int = 25, save_every: int = 500,
                    val_clips: int = 8, val_frames: int = 60, threads: Optional[int] = None,
                    base: Optional[str] = None, pipeline_out: Optional[str] = None,
-                   max_videos: Optional[int] = None) -> NeuralRenderer:
+                   max_videos: Optional[int] = None, gan_start: int = 200) -> NeuralRenderer:
     """Train a NeuralRenderer on the train split of ``data`` and save it to ``out``.
 
     Args:
@@ -246,6 +246,8 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
         base: a pipeline (stages 1-2) to make a personal pipeline with; pipeline_out: where it goes
             (default ``out/pipeline``).
         max_videos: use at most this many training videos (quick runs).
+        gan_start: the discriminator trains from this step on, the generator's adversarial loss
+            from ``gan_start + 50`` (reconstruction first).
 
     Returns:
         the trained renderer (on the CPU, eval mode).
@@ -309,7 +311,7 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
         batches.update(pred)
         losses = net.loss(pred, b["target"], ssim_weight)
         loss = losses["loss"]
-        if disc is not None and step > 200:
+        if disc is not None and step > gan_start + 50:
             fake_in = torch.cat([net.to_grid(pred), b["target_sketch"]], 1)
             g_adv = -disc(fake_in).mean()
             loss = loss + gan_weight * g_adv
@@ -318,7 +320,7 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if disc is not None and step > 150:
+        if disc is not None and step > gan_start:
             real_in = torch.cat([net.to_grid(b["target"]), b["target_sketch"]], 1)
             fake_in = torch.cat([net.to_grid(pred.detach()), b["target_sketch"]], 1)
             d_loss = F.relu(1 - disc(real_in)).mean() + F.relu(1 + disc(fake_in)).mean()
