@@ -3,6 +3,9 @@
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
 Budget on a 2-core CPU: corpus ~10 min (2 h of speech), composer 4 min, MODA 25 min (<= 45 min in all).
+Stage 1's lips hear the pocketsphinx viseme stream plus a loudness column only
+(``--lip-input phones+energy``): log-mel spectra of espeak-ng voices do not carry over to human
+voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md), phones and loudness do.
 Seeded; the pipeline folder gets model_index.json, one folder per component (config json +
 safetensors) and the model card as README.md.
 """
@@ -25,6 +28,8 @@ def main(argv=None):
     ap.add_argument("--hours", type=float, default=2.0, help="hours of synthetic speech")
     ap.add_argument("--composer-minutes", type=float, default=4.0)
     ap.add_argument("--moda-minutes", type=float, default=25.0)
+    ap.add_argument("--lip-input", default="phones+energy", choices=("all", "phones", "phones+energy"),
+                    help="what stage 1's lips hear (ModaModel lip_input)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
@@ -44,7 +49,8 @@ def main(argv=None):
     t_corpus = time.time() - t0
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
     train_composer(corpus, os.path.join(args.work, "composer"), minutes=args.composer_minutes, seed=args.seed)
-    train_moda(corpus, os.path.join(args.work, "moda"), minutes=args.moda_minutes, seed=args.seed)
+    train_moda(corpus, os.path.join(args.work, "moda"), minutes=args.moda_minutes, seed=args.seed,
+               model_kwargs={"lip_input": args.lip_input})
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
                         renderer=WarpRenderer())
@@ -53,7 +59,7 @@ def main(argv=None):
     card = open(card_path, encoding="utf-8").read() if os.path.exists(card_path) else None
     pipe.save_pretrained(args.out, model_card=card)
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
-               "hours": args.hours, "seed": args.seed, "torch": torch.__version__}
+               "hours": args.hours, "seed": args.seed, "lip_input": args.lip_input, "torch": torch.__version__}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:
             summary[stage] = json.load(f)

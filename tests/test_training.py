@@ -54,3 +54,28 @@ def test_composer_training_lowers_the_loss_and_reloads(corpus, tmp_path):
     assert after < 0.5 * before
     from moda_hub.face.topology import LIPS
     np.testing.assert_array_equal(out[:, LIPS].numpy(), lip.numpy())
+
+
+@pytest.mark.parametrize("lip_input", ["phones", "phones+energy"])
+def test_lip_input_makes_the_lips_hear_only_phones_and_loudness(lip_input):
+    torch.manual_seed(0)
+    model = ModaModel(lip_input=lip_input, dim=32, n_layers=1).eval()
+    feats = torch.randn(50, 93)
+    cond = torch.randn(1434)
+    gen = lambda f: model.generate(f, cond, latent=torch.zeros(1, 12, 8))   # noqa: E731
+    base = gen(feats)
+    timbre = feats.clone()
+    timbre[:, :80] = torch.randn(50, 80)                             # other spectra, same per-frame mean
+    timbre[:, :80] += feats[:, :80].mean(1, keepdim=True) - timbre[:, :80].mean(1, keepdim=True)
+    other = gen(timbre)
+    torch.testing.assert_close(other["lip"], base["lip"])            # spectra do not reach the lips
+    assert not torch.allclose(other["head"], base["head"])           # ... but ProbAttn hears them
+    louder = feats.clone()
+    louder[:, :80] += 1.0
+    changed = not torch.allclose(gen(louder)["lip"], base["lip"])
+    assert changed == (lip_input == "phones+energy")                 # loudness reaches them if asked
+    phones = feats.clone()
+    phones[:, 80:] = torch.roll(phones[:, 80:], 7, 0)
+    assert not torch.allclose(gen(phones)["lip"], base["lip"])       # the phone stream drives them
+    with pytest.raises(ValueError, match="lip_input"):
+        ModaModel(lip_input="mel")

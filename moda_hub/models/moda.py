@@ -41,6 +41,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..face.topology import EYES, LIPS
 
 MOTION_PARTS = ("lip", "eye", "head", "torso")
+LIP_INPUTS = ("all", "phones", "phones+energy")
 
 
 def _alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -203,6 +204,13 @@ class ModaModel(ModelMixin, ConfigMixin):
         latent_scale (float, default 1.0): prior samples are N(0, (temperature * latent_scale)^2);
             set after training by ``moda_hub.training.train_moda.calibrate_latent_scale`` so that
             sampled head motion has the spread of the training motion at temperature 1.
+        lip_input (str, default "all"): what SpecAttn (the lips) hears. "all": the shared audio
+            encoder over every feature column (ProbAttn hears the same). "phones": a separate
+            audio encoder over only the last ``phone_dim`` columns (the pocketsphinx viseme
+            stream of ``"logmel+phones"``), which does not depend on the voice's timbre.
+            "phones+energy": the same plus one loudness column (the mean of the log-mel
+            columns per frame). ProbAttn always hears every column.
+        phone_dim (int, default 13): width of the phone stream at the end of the features.
     """
 
     config_name = "config.json"
@@ -212,10 +220,17 @@ class ModaModel(ModelMixin, ConfigMixin):
                  n_layers: int = 2, ff_mult: int = 2, latent_dim: int = 8, latent_stride: int = 5,
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
                  window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1,
-                 latent_scale: float = 1.0):
+                 latent_scale: float = 1.0, lip_input: str = "all", phone_dim: int = 13):
         super().__init__()
+        if lip_input not in LIP_INPUTS:
+            raise ValueError(f"lip_input={lip_input!r} — use one of {LIP_INPUTS}")
+        if lip_input != "all" and not 0 < phone_dim < audio_dim + (lip_input == "phones"):
+            raise ValueError(f"lip_input={lip_input!r} needs a phone stream: phone_dim={phone_dim} "
+                             f"columns at the end of audio_dim={audio_dim} features")
         self.part_dims = {"lip": len(LIPS) * 3, "eye": len(EYES) * 3, "head": 7, "torso": torso_dim}
         self.audio_encoder = AudioEncoder(audio_dim, dim, dropout)
+        self.lip_encoder = None if lip_input == "all" else \
+            AudioEncoder(phone_dim + (lip_input == "phones+energy"), dim, dropout)
         self.cond_proj = nn.Sequential(nn.Linear(cond_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.extra_proj = nn.Linear(extra_cond_dim, dim)
         self.latent_proj = nn.Linear(latent_dim, dim)
@@ -248,12 +263,23 @@ class ModaModel(ModelMixin, ConfigMixin):
         return x * getattr(self, f"{part}_std") + getattr(self, f"{part}_mean")
 
     # ---------------------------------------------------------------- core
+    def lip_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) model features -> (B, T, F') the columns SpecAttn hears (``lip_input``)."""
+        kind, k = self.config.lip_input, self.config.phone_dim
+        if kind == "all":
+            return feats
+        phones = feats[..., -k:]
+        if kind == "phones":
+            return phones
+        return torch.cat([phones, feats[..., :-k].mean(-1, keepdim=True)], -1)
+
     def _decode(self, feats, cond, extra, z):
         """One window. feats (B,T,F), cond (B,1434), extra (B,E), z (B,T,Z) -> normalised parts."""
         memory = self.audio_encoder(feats)                                    # (B, T, C)
+        lip_memory = memory if self.lip_encoder is None else self.lip_encoder(self.lip_features(feats))
         subject = self.cond_proj((cond - self.cond_mean) / self.cond_std)[:, None]  # (B, 1, C)
-        spec_q = memory + subject
-        lip = self.lip_head(self.spec(spec_q, memory))
+        spec_q = lip_memory + subject
+        lip = self.lip_head(self.spec(spec_q, lip_memory))
         prob_q = subject + self.extra_proj(extra)[:, None] + self.latent_proj(z)
         h = self.prob(prob_q.expand(-1, memory.shape[1], -1), memory)
         out = {"lip": lip}
