@@ -368,21 +368,23 @@ class ModaModel(ModelMixin, ConfigMixin):
         Returns dict "lip" (B, T, 40, 3), "eye" (B, T, 60, 3), "head" (B, T, 7),
         "torso" (B, T, 2), float32 on the model's device.
         """
+        weight = next(self.parameters())   # (ModelMixin.device/.dtype walk every submodule per call)
+        device, dtype = weight.device, weight.dtype
         squeeze = audio_features.dim() == 2
         feats = audio_features[None] if squeeze else audio_features
-        feats = feats.to(self.device, self.dtype)
+        feats = feats.to(device, dtype)
         B, T, _ = feats.shape
-        cond = cond.reshape(-1, self.config.cond_dim).expand(B, -1).to(self.device, self.dtype)
+        cond = cond.reshape(-1, self.config.cond_dim).expand(B, -1).to(device, dtype)
         if extra is None:
             extra = torch.full((B, self.config.extra_cond_dim), 0.85)
-        extra = extra.reshape(-1, self.config.extra_cond_dim).expand(B, -1).to(self.device, self.dtype)
+        extra = extra.reshape(-1, self.config.extra_cond_dim).expand(B, -1).to(device, dtype)
         if latent is None:
             latent = self.sample_latent(T, B, generator, temperature)
-        latent = latent.to(self.device, self.dtype)
+        latent = latent.to(device, dtype)
         start, stop = frame_range or (0, T)
         windows = window_plan(T, self.config.window, self.config.hop)
-        acc = {p: torch.zeros(B, stop - start, d, device=self.device) for p, d in self.part_dims.items()}
-        wsum = torch.zeros(stop - start, device=self.device)
+        acc = {p: torch.zeros(B, stop - start, d, device=device) for p, d in self.part_dims.items()}
+        wsum = torch.zeros(stop - start, device=device)
         for w0, w1 in windows:
             if w1 <= start or w0 >= stop:
                 continue
@@ -393,7 +395,7 @@ class ModaModel(ModelMixin, ConfigMixin):
                 pred, _ = self._decode(feats[:, w0:w1], cond, extra, z)
                 if cache is not None:
                     cache[(w0, w1)] = pred
-            blend = crossfade_weights(w0, w1, T, self.config.window - self.config.hop).to(self.device)
+            blend = crossfade_weights(w0, w1, T, self.config.window - self.config.hop).to(device)
             a, b = max(w0, start), min(w1, stop)
             for p in acc:
                 acc[p][:, a - start:b - start] += pred[p][:, a - w0:b - w0].float() * blend[a - w0:b - w0, None]
