@@ -134,7 +134,13 @@ def main(argv=None):
     # 3. frame metrics on the held-out clips, driven by their real landmarks
     tests = [v for v in manifest["videos"] if v["split"] == "val" and v["face_frames"] > 0][:args.max_test]
     rows = []
+    cache = args.out + ".frames_partial.json"          # step 3 is kept if step 4 fails
+    if os.path.isfile(cache) and not args.fresh:
+        with open(cache) as f:
+            rows = json.load(f)
     for k, v in enumerate(tests):
+        if k < len(rows):
+            continue
         real, lm, torso_px, ref = clip_arrays(args.data, v)
         t1 = time.time()
         p = neural.prepare(ref, lm[0], output_size=256)
@@ -157,6 +163,8 @@ def main(argv=None):
                                     if t < len(real)], 0)
             cv2.imwrite(os.path.join(ROOT, "outputs", "renderer_grid", "real_neural_warp.png"),
                         cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        with open(cache, "w") as f:
+            json.dump(rows, f)
     methods = ("neural", "warp", "still")
     report["frames"] = dict(
         clips=rows, crop=256,
@@ -176,6 +184,8 @@ def main(argv=None):
     for k, v in enumerate(tests):
         src = v["source"]
         truth, first = real_mouth_aperture(src, cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
+        if not np.isfinite(truth[0]):       # no face in the first frame: the clip's first face frame instead
+            first = clip_arrays(args.data, v)[3]
         wav = load_audio(src, sample_rate=16000)
         row = dict(clip=v["name"], rms=lipsync_scores(truth, np.asarray(rms_envelope(wav, 16000, 25), np.float64)))
         for name, pipe in pipes.items():
