@@ -322,13 +322,7 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
             [`NeuralPortrait`] to pass to :meth:`render`, frame after frame.
         """
         image = np.ascontiguousarray(np.asarray(image_rgb))
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InvalidParameterError(
-                f"image_rgb must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}; "
-                "load it with moda_hub.face.image.load_image")
-        ref = np.asarray(ref_landmarks_px, np.float32)
-        if ref.shape != (topo.NUM_LANDMARKS, 3):
-            raise InvalidParameterError(f"ref_landmarks_px must be (478, 3) image pixels, got {ref.shape}")
+        ref = np.asarray(ref_landmarks_px, np.float32)       # both checked by the warp's prepare below
         size = self.config.output_size if output_size is None else int(output_size)
         if size < 0:
             raise InvalidParameterError(f"output_size={size!r} — use 256 or 512 (a face crop) or 0 (the full image)")
