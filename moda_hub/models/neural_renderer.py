@@ -47,10 +47,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..errors import InvalidParameterError
-from ..face import topology as topo
 from ..render.crop import CropBox, face_crop_box
 from ..render.sketch import NUM_CHANNELS as SKETCH_CHANNELS
 from ..render.sketch import draw_sketch
+from ..render.warp import frame_meshes
 
 
 # ----------------------------------------------------------------------------- image helpers
@@ -368,15 +368,7 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
         Returns:
             (T, h, w, 3) uint8: square crops (output_size > 0) or full portraits (output_size 0).
         """
-        lm = np.asarray(landmarks_px, np.float32)
-        if lm.ndim == 2:
-            lm = lm[None]
-        if lm.ndim != 3 or lm.shape[1:] != (topo.NUM_LANDMARKS, 3):
-            raise InvalidParameterError(f"landmarks_px must be (T, 478, 3) image pixels, got {lm.shape}")
-        torso = None if torso_offset_px is None else np.asarray(torso_offset_px, np.float32)
-        if torso is not None and torso.shape != (len(lm), 2):
-            raise InvalidParameterError(f"torso_offset_px must be (T, 2) = ({len(lm)}, 2) image pixels, "
-                                        f"got {torso.shape}")
+        lm, torso = frame_meshes(landmarks_px, torso_offset_px)
         h, w = prepared.output_hw
         frames = np.empty((len(lm), h, w, 3), np.uint8)
         ref, ref_sk = prepared.reference, prepared.reference_sketch

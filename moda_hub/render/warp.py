@@ -279,19 +279,10 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         Returns:
             (T, h, w, 3) uint8: square crops (output_size > 0) or full portraits (output_size 0).
         """
-        lm = np.asarray(landmarks_px, np.float32)
-        if lm.ndim == 2:
-            lm = lm[None]
-        if lm.ndim != 3 or lm.shape[1:] != (topo.NUM_LANDMARKS, 3):
-            raise InvalidParameterError(f"landmarks_px must be (T, 478, 3) image pixels, got {lm.shape}")
+        lm, torso = frame_meshes(landmarks_px, torso_offset_px)
         T = len(lm)
-        if torso_offset_px is None:
+        if torso is None:
             torso = np.zeros((T, 2), np.float32)
-        else:
-            torso = np.asarray(torso_offset_px, np.float32)
-            if torso.shape != (T, 2):
-                raise InvalidParameterError(
-                    f"torso_offset_px must be (T, 2) = ({T}, 2) image pixels, one row per mesh, got {torso.shape}")
         h, w = prepared.output_hw
         frames = np.empty((T, h, w, 3), np.uint8)
 
@@ -327,7 +318,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         tri = p.triangles
         # 1. affine map per triangle, destination (canvas px) -> source (texture px)
         d = verts[tri]                                            # (F, 3, 2)
-        tab, det = triangle_affines(d, p.source_corners)         # (6, F + 1), (F,)
+        tab, det = triangle_affines(d, p.source_corners)         # (6, F), (F,)
         ok = np.abs(det) > 0.05
         # 2. draw order: band, fills, then the face far to near (larger z = farther)
         n_ord, n_band = p.n_ordered, p.n_band
@@ -378,6 +369,23 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         if alpha > 0:
             mouth_lib.synthesize(canvas, xy, p.mouth, alpha)
         return canvas
+
+
+def frame_meshes(landmarks_px, torso_offset_px=None):
+    """A renderer's per-frame inputs, checked: landmarks (T, 478, 3) float32 full-portrait pixels
+    (one (478, 3) mesh becomes T = 1) and torso offsets (T, 2) float32 pixels, or None."""
+    lm = np.asarray(landmarks_px, np.float32)
+    if lm.ndim == 2:
+        lm = lm[None]
+    if lm.ndim != 3 or lm.shape[1:] != (topo.NUM_LANDMARKS, 3):
+        raise InvalidParameterError(f"landmarks_px must be (T, 478, 3) image pixels, got {lm.shape}")
+    if torso_offset_px is None:
+        return lm, None
+    torso = np.asarray(torso_offset_px, np.float32)
+    if torso.shape != (len(lm), 2):
+        raise InvalidParameterError(f"torso_offset_px must be (T, 2) = ({len(lm)}, 2) image pixels, "
+                                    f"one row per mesh, got {torso.shape}")
+    return lm, torso
 
 
 #: Threads that render frames at once (the rasteriser, ``cv2.remap`` and most numpy work release
