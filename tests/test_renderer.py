@@ -322,9 +322,9 @@ def test_rasteriser_writes_each_covered_pixel_its_triangles_affine_map():
     from moda_hub.render.raster import affine_maps
     # two triangles tiling the square [2, 10) x [2, 10); the second one drawn on top
     corners = np.array([[[2, 2], [10, 2], [2, 10]], [[10, 2], [10, 10], [2, 10]]], np.float32)
-    coeffs = np.zeros((6, 3), np.float32)
-    coeffs[:, 1] = (1, 0, 100, 0, 1, 200)       # triangle 0: shift by (100, 200)
-    coeffs[:, 2] = (2, 0, 0, 0, 2, 0)           # triangle 1: scale by 2
+    coeffs = np.zeros((6, 2), np.float32)
+    coeffs[:, 0] = (1, 0, 100, 0, 1, 200)       # triangle 0: shift by (100, 200)
+    coeffs[:, 1] = (2, 0, 0, 0, 2, 0)           # triangle 1: scale by 2
     gy, gx = np.mgrid[0:12, 0:12].astype(np.float32)
     map_x, map_y = gx.copy(), gy.copy()
     affine_maps(corners, np.array([0, 1]), coeffs, map_x, map_y, tol=0.0)

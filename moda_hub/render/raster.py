@@ -43,9 +43,9 @@ def _affines():
                 s2 = sources[k, 2, axis] - s0
                 ax = (s1 * d2y - s2 * d1y) * inv          # d src / d x
                 ay = (s2 * d1x - s1 * d2x) * inv          # d src / d y
-                coeffs[3 * axis, k + 1] = ax
-                coeffs[3 * axis + 1, k + 1] = ay
-                coeffs[3 * axis + 2, k + 1] = s0 - ax * d0x - ay * d0y + half * (ax + ay)
+                coeffs[3 * axis, k] = ax
+                coeffs[3 * axis + 1, k] = ay
+                coeffs[3 * axis + 2, k] = s0 - ax * d0x - ay * d0y + half * (ax + ay)
 
     return affines
 
@@ -61,13 +61,12 @@ def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 
             degenerate: their maps are left zero and they should not be drawn.
 
     Returns:
-        coeffs ((6, F + 1) float32): column ``k + 1`` maps pixel index (gx, gy) of triangle k to
-            the source: ``x = c0 gx + c1 gy + c2``, ``y = c3 gx + c4 gy + c5``; column 0 = identity
+        coeffs ((6, F) float32): column ``k`` maps pixel index (gx, gy) of triangle k to
+            the source: ``x = c0 gx + c1 gy + c2``, ``y = c3 gx + c4 gy + c5``
             (no offset). det ((F,) float32): twice each triangle's signed area, px^2.
     """
     n = len(corners)
-    coeffs = np.empty((6, n + 1), np.float32)
-    coeffs[:, 0] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    coeffs = np.empty((6, n), np.float32)
     det = np.empty(n, np.float32)
     _affines(np.ascontiguousarray(corners, np.float32), np.ascontiguousarray(sources, np.float32),
              coeffs, det, np.float32(min_det))
@@ -110,9 +109,8 @@ def _kernel():
                 r_hi = rows - 1
             if c_lo > c_hi or r_lo > r_hi:
                 continue
-            k1 = k + 1
-            m0 = coeffs[0, k1]; m1 = coeffs[1, k1]; m2 = coeffs[2, k1]
-            m3 = coeffs[3, k1]; m4 = coeffs[4, k1]; m5 = coeffs[5, k1]
+            m0 = coeffs[0, k]; m1 = coeffs[1, k]; m2 = coeffs[2, k]
+            m3 = coeffs[3, k]; m4 = coeffs[4, k]; m5 = coeffs[5, k]
             for r in range(r_lo, r_hi + 1):
                 gy = y0 + r * step
                 py = gy + 0.5
@@ -142,9 +140,9 @@ def affine_maps(corners: np.ndarray, order: np.ndarray, coeffs: np.ndarray, map_
         corners ((F, 3, 2) float32): triangle corners, continuous canvas pixels (pixel i spans
             [i, i + 1), centre i + 0.5).
         order ((K,) int): triangle rows to draw, in draw order (later on top).
-        coeffs ((6, F + 1) float32): per triangle ``k`` in column ``k + 1`` the affine map from
+        coeffs ((6, F) float32): per triangle ``k`` in column ``k`` the affine map from
             pixel indices to source pixels: ``src_x = c0 gx + c1 gy + c2``,
-            ``src_y = c3 gx + c4 gy + c5`` (column 0 is unused here).
+            ``src_y = c3 gx + c4 gy + c5``.
         map_x, map_y ((rows, cols) float32): written where a triangle covers a sample.
         x0, y0 (float): pixel index of sample (0, 0); step (float): pixels between samples.
         tol (float): coverage margin beyond the edges, pixels.
