@@ -2,7 +2,7 @@
 
     python benchmarks/eval_renderer.py                       # everything, ~70 min on one CPU core
     python benchmarks/eval_renderer.py --train-minutes 5 --max-test 5     # a quick look
-    python benchmarks/eval_renderer.py --finetune-minutes 8      # then: stage 1 fine-tuned on GRID s1
+    python benchmarks/eval_renderer.py --finetune-minutes 8      # then: stages 1-2 fine-tuned on GRID s1
 
 Steps (each resumable / skipped when its output exists, unless ``--fresh``):
 
@@ -93,6 +93,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fresh", action="store_true", help="retrain even if a trained renderer exists")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "renderer_grid"))
+    ap.add_argument("--finetune-composer-minutes", type=float, default=3.0,
+                    help="with --finetune-minutes: stage 2's fine-tuning budget")
     ap.add_argument("--finetune-minutes", type=float, default=0.0,
                     help="also fine-tune stage 1 on the 120 training clips (moda train --stage moda --init base) "
                          "for this long and measure its lip-sync on the test clips (added to an existing report)")
@@ -213,46 +215,67 @@ def main(argv=None):
 
 
 def finetune(args) -> int:
-    """Fine-tune stage 1 of ``--base`` on the prepared training clips; landmark lip-sync of the base
-    and the fine-tuned stage 1 on the test clips (same protocol as step 4); adds ``finetune`` to the
-    report written by a full run."""
-    from moda_hub.audio import load_audio, rms_envelope  # noqa: F401
+    """Fine-tune stages 1 and 2 of ``--base`` on the prepared training clips (``moda train --stage moda|composer
+    --init``): the composer's dense-mesh error on the test clips before and after, and the landmark
+    lip-sync on the test clips (same protocol as step 4) of the base, of the fine-tuned stage 1, and of
+    both fine-tuned; adds ``finetune`` to the report written by a full run."""
     from moda_hub.data.video_dataset import load_manifest
     from moda_hub.evaluation import lipsync_scores, real_mouth_aperture
     from moda_hub.face.topology import mouth_aperture
+    from moda_hub.models.composer import FacialComposer
     from moda_hub.models.moda import ModaModel
     from moda_hub.pipeline import ModaPipeline
+    from moda_hub.training.corpus import DenseFrames
+    from moda_hub.training.train_composer import train_composer, validate_composer
     from moda_hub.training.train_moda import train_moda
 
     with open(args.out + ".json") as f:
         report = json.load(f)
-    out_dir = os.path.join(args.run, "moda_finetuned")
-    if not os.path.isfile(out_dir + ".metrics.json"):
+    os.cpu_count = lambda: args.threads              # train_moda uses all cores; the dev machine is shared
+    moda_dir = os.path.join(args.run, "moda_finetuned")
+    comp_dir = os.path.join(args.run, "composer_finetuned")
+    if args.fresh or not os.path.isfile(moda_dir + ".metrics.json"):
         log(f"fine-tuning stage 1 for {args.finetune_minutes} min")
-        os.cpu_count = lambda: args.threads          # train_moda uses all cores; the dev machine is shared
-        train_moda(args.data, out_dir, minutes=args.finetune_minutes, init=args.base, log_every=25)
-    with open(out_dir + ".metrics.json") as f:
-        metrics = json.load(f)
+        train_moda(args.data, moda_dir, minutes=args.finetune_minutes, init=args.base, log_every=25)
+    if args.fresh or not os.path.isfile(comp_dir + ".metrics.json"):
+        log(f"fine-tuning stage 2 for {args.finetune_composer_minutes} min")
+        train_composer(args.data, comp_dir, minutes=args.finetune_composer_minutes, init=args.base)
+    training = {}
+    for name, d in (("moda", moda_dir), ("composer", comp_dir)):
+        with open(d + ".metrics.json") as f:
+            training[name] = json.load(f)
     torch.set_num_threads(args.threads)
-    base = ModaPipeline.from_pretrained(args.base)
-    tuned = ModaPipeline.from_pretrained(args.base)
-    tuned.register_modules(moda=ModaModel.from_pretrained(out_dir))
+    test_frames = DenseFrames(args.data, "val")
+    composer_error = {"base": validate_composer(FacialComposer.from_pretrained(os.path.join(args.base, "composer")).eval(),
+                                                test_frames),
+                      "finetuned": validate_composer(FacialComposer.from_pretrained(comp_dir).eval(), test_frames)}
+    log(f"composer dense error on the test clips: base {composer_error['base']:.5f} "
+        f"fine-tuned {composer_error['finetuned']:.5f}")
+    pipes = {"base": ModaPipeline.from_pretrained(args.base),
+             "finetuned": ModaPipeline.from_pretrained(args.base),
+             "finetuned_both": ModaPipeline.from_pretrained(args.base)}
+    pipes["finetuned"].register_modules(moda=ModaModel.from_pretrained(moda_dir))
+    pipes["finetuned_both"].register_modules(moda=ModaModel.from_pretrained(moda_dir),
+                                             composer=FacialComposer.from_pretrained(comp_dir))
     manifest = load_manifest(args.data)
     tests = [v for v in manifest["videos"] if v["split"] == "val" and v["face_frames"] > 0][:args.max_test]
     rows = []
     for v in tests:
         truth, first = real_mouth_aperture(v["source"], cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
         row = {"clip": v["name"]}
-        for name, pipe in (("base", base), ("finetuned", tuned)):
+        for name, pipe in pipes.items():
             pipe.set_progress_bar_config(disable=True)
             out = pipe(image=first, audio=v["source"], fps=25, output_type="landmarks",
                        generator=torch.Generator().manual_seed(0))
             row[name] = lipsync_scores(truth, mouth_aperture(out.landmarks).astype(np.float64))
         rows.append(row)
-        log(f"fine-tune lip-sync {v['name']}: base {row['base']['r_best']:.3f} fine-tuned {row['finetuned']['r_best']:.3f}")
-    report["finetune"] = dict(minutes=args.finetune_minutes, training=metrics, clips=rows,
+        log(f"fine-tune lip-sync {v['name']}: " + " ".join(f"{m} {row[m]['r_best']:.3f}" for m in pipes))
+    report["finetune"] = dict(minutes=args.finetune_minutes, composer_minutes=args.finetune_composer_minutes,
+                              threads=args.threads, training=training, composer_error=composer_error, clips=rows,
                               mean={m: {k: float(np.nanmean([r[m][k] for r in rows])) for k in ("r0", "r_best")}
-                                    for m in ("base", "finetuned")})
+                                    for m in pipes},
+                              wins={m: int(sum(r[m]["r_best"] > r["base"]["r_best"] for r in rows))
+                                    for m in ("finetuned", "finetuned_both")})
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
     with open(args.out + ".md", "w") as f:
@@ -295,16 +318,23 @@ def markdown(r) -> str:
         "",
     ]
     if "finetune" in r:
-        ft = r["finetune"]
+        ft, n = r["finetune"], len(r["finetune"]["clips"])
+        tm, tc = ft["training"]["moda"], ft["training"]["composer"]
         lines += [
-            f"Stage 1 fine-tuned on the 120 training clips (`moda train --stage moda --init pretrained/moda-base`, "
-            f"{ft['training'].get('steps', '?')} steps, {ft['minutes']:.0f} min), generated landmarks on the "
-            "30 test clips:",
+            f"Stages 1-2 fine-tuned on the 120 training clips (`moda train --stage moda|composer --init "
+            f"pretrained/moda-base --data runs/grid_s1`, torch threads {ft['threads']}): stage 1 {tm['steps']} steps in "
+            f"{tm['seconds'] / 60:.1f} min, stage 2 {tc['steps']} steps in {tc['seconds'] / 60:.1f} min. "
+            f"Stage 2's dense-mesh error on the {n} test clips' frames (canonical units): base "
+            f"{ft['composer_error']['base']:.5f}, fine-tuned {ft['composer_error']['finetuned']:.5f}. "
+            f"Generated landmarks on the {n} test clips:",
             "",
-            "| stage 1 | r (lag 0) | r (best lag ±3) |",
-            "|---|---|---|",
-            f"| pretrained/moda-base | {ft['mean']['base']['r0']:.3f} | {ft['mean']['base']['r_best']:.3f} |",
-            f"| fine-tuned on GRID s1 | {ft['mean']['finetuned']['r0']:.3f} | {ft['mean']['finetuned']['r_best']:.3f} |",
+            "| stages 1-2 | r (lag 0) | r (best lag ±3) | clips better than base |",
+            "|---|---|---|---|",
+            f"| pretrained/moda-base | {ft['mean']['base']['r0']:.3f} | {ft['mean']['base']['r_best']:.3f} | – |",
+            f"| stage 1 fine-tuned on GRID s1 | {ft['mean']['finetuned']['r0']:.3f} | "
+            f"{ft['mean']['finetuned']['r_best']:.3f} | {ft['wins']['finetuned']} / {n} |",
+            f"| stages 1 + 2 fine-tuned | {ft['mean']['finetuned_both']['r0']:.3f} | "
+            f"{ft['mean']['finetuned_both']['r_best']:.3f} | {ft['wins']['finetuned_both']} / {n} |",
             "",
         ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ front-end; the maths lives there.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Union
@@ -147,6 +148,7 @@ class ModaPipeline(DiffusionPipeline):
         (``model_card`` text, else the one loaded with the pipeline) as README.md."""
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
+        _drop_local_paths(save_directory)
         card = model_card if model_card is not None else self.model_card
         if card:
             with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as f:
@@ -372,3 +374,20 @@ class ModaPipeline(DiffusionPipeline):
         return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
 
+
+def _drop_local_paths(folder: str) -> None:
+    """Remove ``_name_or_path`` from model_index.json and the component configs in ``folder`` where
+    it is a local absolute path (where diffusers loaded it from on the saving machine): a folder
+    meant for sharing should not carry it."""
+    paths = [os.path.join(folder, "model_index.json")] + [os.path.join(folder, name, "config.json")
+                                                         for name in sorted(os.listdir(folder))]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if os.path.isabs(str(config.get("_name_or_path", ""))):
+            del config["_name_or_path"]
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+                f.write("\n")

@@ -2,7 +2,10 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Budget on a 2-core CPU: corpus ~10 min (2 h of speech), composer 4 min, MODA 25 min (<= 45 min in all).
+Budget on a 2-core CPU: corpus ~11 min (2 h of speech), composer 1750 steps (~4 min), MODA 3000 steps
+(~23 min): <= 45 min in all. Training runs a fixed number of steps, not a time budget, so the same
+command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
+for quick looks; a capped build is not the documented one).
 Stage 1's lips hear the pocketsphinx viseme stream plus a loudness column only
 (``--lip-input phones+energy``): log-mel spectra of espeak-ng voices do not carry over to human
 voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md), phones and loudness do.
@@ -26,8 +29,10 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "pretrained", "moda-base"))
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "moda-base"), help="corpus and logs")
     ap.add_argument("--hours", type=float, default=2.0, help="hours of synthetic speech")
-    ap.add_argument("--composer-minutes", type=float, default=4.0)
-    ap.add_argument("--moda-minutes", type=float, default=25.0)
+    ap.add_argument("--composer-steps", type=int, default=1750)
+    ap.add_argument("--moda-steps", type=int, default=3000)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="also stop each training stage after this many minutes (quick looks only)")
     ap.add_argument("--lip-input", default="phones+energy", choices=("all", "phones", "phones+energy"),
                     help="what stage 1's lips hear (ModaModel lip_input)")
     ap.add_argument("--seed", type=int, default=0)
@@ -48,9 +53,10 @@ def main(argv=None):
         build_corpus(corpus, hours=args.hours, seed=args.seed, workers=args.workers)
     t_corpus = time.time() - t0
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
-    train_composer(corpus, os.path.join(args.work, "composer"), minutes=args.composer_minutes, seed=args.seed)
-    train_moda(corpus, os.path.join(args.work, "moda"), minutes=args.moda_minutes, seed=args.seed,
-               model_kwargs={"lip_input": args.lip_input})
+    train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
+                   minutes=args.max_minutes, seed=args.seed)
+    train_moda(corpus, os.path.join(args.work, "moda"), steps=args.moda_steps, minutes=args.max_minutes,
+               seed=args.seed, model_kwargs={"lip_input": args.lip_input})
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
                         renderer=WarpRenderer())
@@ -59,7 +65,8 @@ def main(argv=None):
     card = open(card_path, encoding="utf-8").read() if os.path.exists(card_path) else None
     pipe.save_pretrained(args.out, model_card=card)
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
-               "hours": args.hours, "seed": args.seed, "lip_input": args.lip_input, "torch": torch.__version__}
+               "hours": args.hours, "seed": args.seed,
+               "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "lip_input": args.lip_input, "torch": torch.__version__}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:
             summary[stage] = json.load(f)

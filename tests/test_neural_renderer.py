@@ -136,6 +136,39 @@ def test_prepared_video_trains_stage_one_readers(dataset):
     assert len(dense) == manifest["splits"]["val"]["frames"]
 
 
+def test_finetuning_stages_one_and_two_from_the_shipped_weights_fits_the_prepared_video(dataset, tmp_path):
+    """`moda train --stage moda|composer --init pretrained/moda-base` on prepared video: it starts from
+    the shipped weights (same architecture and normalisation) and lowers their error on that video."""
+    from moda_hub.cli import main
+    from moda_hub.models.composer import FacialComposer
+    from moda_hub.models.moda import ModaModel
+    from moda_hub.training.corpus import DenseFrames, MotionCorpus
+    from moda_hub.training.train_composer import validate_composer
+    from moda_hub.training.train_moda import validate
+
+    data = str(dataset[0])
+    base = ModaModel.from_pretrained(str(MODEL / "moda"))
+    train = MotionCorpus(data, "train", base.config.features)
+    assert main(["train", "--stage", "moda", "--data", data, "--out", str(tmp_path / "moda"),
+                 "--init", str(MODEL), "--steps", "60"]) == 0
+    tuned = ModaModel.from_pretrained(str(tmp_path / "moda"))
+    assert tuned.config.lip_input == base.config.lip_input and tuned.config.audio_dim == base.config.audio_dim
+    assert torch.equal(tuned.lip_mean, base.lip_mean)             # the shipped normalisation is kept,
+    eye = np.concatenate([u["eye"].reshape(len(u["eye"]), -1) for u in train.utterances])
+    z = (torch.from_numpy(eye) - tuned.eye_mean) / tuned.eye_std   # widened only where this video moves
+    assert float((z ** 2).mean(0).max()) < 10.0                     # channels the synthetic rig kept still
+    assert torch.all(tuned.eye_std >= base.eye_std)
+    before, after = validate(base, train)["val_lip_l2"], validate(tuned, train)["val_lip_l2"]
+    assert after < 0.9 * before, (before, after)
+
+    frames = DenseFrames(data, "train")
+    assert main(["train", "--stage", "composer", "--data", data, "--out", str(tmp_path / "composer"),
+                 "--init", str(MODEL), "--steps", "60"]) == 0
+    comp_before = validate_composer(FacialComposer.from_pretrained(str(MODEL / "composer")).eval(), frames)
+    comp_after = validate_composer(FacialComposer.from_pretrained(str(tmp_path / "composer")).eval(), frames)
+    assert comp_after < comp_before, (comp_before, comp_after)
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     from moda_hub.data.video_dataset import load_manifest, list_videos
 

@@ -287,11 +287,11 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         frames = np.empty((T, h, w, 3), np.uint8)
 
         def one(t: int) -> None:
-            canvas = self._render_canvas(prepared, lm[t], torso[t])
             if prepared.full_image is not None:
+                canvas = self._render_canvas(prepared, lm[t], torso[t])
                 paste_back(prepared.full_image, canvas, prepared.box, prepared.paste_mask, out=frames[t])
-            else:
-                frames[t] = canvas
+            else:       # a crop is the canvas itself: draw straight into the output frame
+                self._render_canvas(prepared, lm[t], torso[t], out=frames[t])
 
         pool = _render_pool() if T > 1 else None
         if pool is None:
@@ -313,7 +313,9 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             + b.torso_weight[:, None] * (torso_full * np.float32(p.box.scale))[None]
         return np.concatenate([xy, eyeball, band]), lm[:, 2]
 
-    def _render_canvas(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray) -> np.ndarray:
+    def _render_canvas(self, p: PreparedPortrait, lm_full: np.ndarray, torso_full: np.ndarray,
+                       out: Optional[np.ndarray] = None) -> np.ndarray:
+        """One frame's canvas, (h, w, 3) uint8 canvas pixels; drawn into ``out`` when given."""
         verts, z = self._vertices(p, lm_full, torso_full)
         tri = p.triangles
         # 1. affine map per triangle, destination (canvas px) -> source (texture px)
@@ -349,14 +351,20 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
                 sub_y[...] = np.arange(y0, y1, dtype=np.float32)[:, None] + pad
                 affine_maps(d, hit, tab, sub_x, sub_y, x0, y0, 1.0)
         # 4. the warp itself, only where some triangle moved (the rest is the portrait as it is)
-        canvas = p.texture[p.pad:p.pad + h, p.pad:p.pad + w].copy()
+        rest = p.texture[p.pad:p.pad + h, p.pad:p.pad + w]
+        canvas = rest.copy() if out is None else out
+        if out is not None:
+            out[...] = rest
         if len(order):
             x0, y0 = np.maximum(np.floor(lo_all[order].min(axis=0)).astype(int) - 2, 0)
             x1, y1 = np.ceil(hi_all[order].max(axis=0)).astype(int) + 2
             x1, y1 = min(x1, w), min(y1, h)
             if x1 > x0 and y1 > y0:
-                canvas[y0:y1, x0:x1] = cv2.remap(p.texture, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1],
-                                                 cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                region = canvas[y0:y1, x0:x1]
+                warped = cv2.remap(p.texture, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1], cv2.INTER_LINEAR,
+                                   dst=region, borderMode=cv2.BORDER_REPLICATE)
+                if warped is not region:                 # OpenCV wrote a new array, not the view
+                    region[...] = warped
         # 5. soften silhouettes where the surface folds (head turns): natural edges are not sharp
         flipped = (det * p.ref_orientation < 0) & ok
         e0, e1 = p.edge_triangles[:, 0], p.edge_triangles[:, 1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -72,6 +72,28 @@ def corpus_statistics(corpus: MotionCorpus) -> dict:
     subj = corpus.subjects.reshape(len(corpus.subjects), -1).astype(np.float64)
     stats["cond"] = (subj.mean(0), subj.std(0) + 1e-3)
     return stats
+
+
+def widen_statistics(model: ModaModel, corpus: MotionCorpus, factor: float = 3.0) -> Dict[str, int]:
+    """Fit a pretrained model's normalisation to new data before fine-tuning on it.
+
+    A channel that the pretraining corpus barely moved (e.g. the synthetic rig's still irises,
+    std ~1e-4) but that moves in the new data (tracking of real video) would give normalised
+    targets in the hundreds and a loss that is all that channel. Where the new data's RMS
+    deviation from the model's mean exceeds ``factor`` times the model's std, the std becomes that
+    RMS; every other channel (and every mean) is kept, so the pretrained mapping is unchanged there.
+    Returns the number of widened channels per part.
+    """
+    widened = {}
+    for part, (mean, std) in corpus_statistics(corpus).items():
+        if part == "cond":
+            continue
+        old_mean, old_std = getattr(model, f"{part}_mean"), getattr(model, f"{part}_std")
+        rms = torch.from_numpy(np.sqrt(std ** 2 + (mean - old_mean.double().numpy()) ** 2)).to(old_std)
+        wide = rms > factor * old_std
+        old_std.copy_(torch.where(wide, rms, old_std))
+        widened[part] = int(wide.sum())
+    return widened
 
 
 @torch.no_grad()
@@ -145,12 +167,17 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
     if not init:
         model = ModaModel(features=features, audio_dim=train.feature_dim, fps=train.fps, **(model_kwargs or {}))
         model.set_statistics(corpus_statistics(train))
+    else:
+        widened = widen_statistics(model, train)
     batches = WindowBatches(train, model, window, batch_size, seed + accelerator.process_index)
     total_steps = steps or 10 ** 9
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model, opt = accelerator.prepare(model, opt)
     start = time.time()
     log = RunLog(out, accelerator.is_main_process)
+    if init:
+        log.line(f"fine-tuning {init}: normalisation widened on " + ", ".join(
+            f"{n} {p} channels" for p, n in widened.items()) + " (new data moves them, the old barely did)")
     step, budget = 0, (minutes * 60 if minutes else float("inf"))
     est_steps = total_steps
     for step in range(1, total_steps + 1):
