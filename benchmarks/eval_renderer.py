@@ -262,6 +262,8 @@ def finetune(args) -> int:
     rows = []
     for v in tests:
         truth, first = real_mouth_aperture(v["source"], cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
+        if not np.isfinite(truth[0]):       # no face in the first frame: the clip's first face frame instead
+            first = clip_arrays(args.data, v)[3]
         row = {"clip": v["name"]}
         for name, pipe in pipes.items():
             pipe.set_progress_bar_config(disable=True)
@@ -270,7 +272,8 @@ def finetune(args) -> int:
             row[name] = lipsync_scores(truth, mouth_aperture(out.landmarks).astype(np.float64))
         rows.append(row)
         log(f"fine-tune lip-sync {v['name']}: " + " ".join(f"{m} {row[m]['r_best']:.3f}" for m in pipes))
-    report["finetune"] = dict(minutes=args.finetune_minutes, composer_minutes=args.finetune_composer_minutes,
+    report["finetune"] = dict(date=time.strftime("%Y-%m-%d %H:%M"), minutes=args.finetune_minutes,
+                              composer_minutes=args.finetune_composer_minutes,
                               threads=args.threads, training=training, composer_error=composer_error, clips=rows,
                               mean={m: {k: float(np.nanmean([r[m][k] for r in rows])) for k in ("r0", "r_best")}
                                     for m in pipes},
@@ -321,7 +324,7 @@ def markdown(r) -> str:
         ft, n = r["finetune"], len(r["finetune"]["clips"])
         tm, tc = ft["training"]["moda"], ft["training"]["composer"]
         lines += [
-            f"Stages 1-2 fine-tuned on the 120 training clips (`moda train --stage moda|composer --init "
+            f"Stages 1-2 fine-tuned ({ft.get('date', r['date'])}) on the 120 training clips (`moda train --stage moda|composer --init "
             f"pretrained/moda-base --data runs/grid_s1`, torch threads {ft['threads']}): stage 1 {tm['steps']} steps in "
             f"{tm['seconds'] / 60:.1f} min, stage 2 {tc['steps']} steps in {tc['seconds'] / 60:.1f} min. "
             f"Stage 2's dense-mesh error on the {n} test clips' frames (canonical units): base "

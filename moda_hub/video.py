@@ -35,6 +35,7 @@ import weakref
 from fractions import Fraction
 from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from moda_hub.errors import InvalidParameterError, OutputPathError
@@ -412,12 +413,21 @@ def _cleanup(state: dict) -> None:
 
 
 def _send_frames(state: dict, arr: np.ndarray, path: str) -> None:
-    """Write (t, H, W, 3) uint8 frames into the running encoder's stdin (blocks while it is full)."""
+    """Write (t, H, W, 3) uint8 RGB frames (even H, W) into the running encoder's stdin as planar
+    yuv420p (blocks while the pipe is full).
+
+    The conversion (OpenCV's BT.601 limited-range I420, what ffmpeg's own rgb24 -> yuv420p gives;
+    chroma averaged over 2x2 pixels) runs here, so x264's process only encodes, and half the bytes
+    go through the pipe."""
     proc = state["proc"]
     if proc is None:
         raise OutputPathError(f"the encoder for {path!r} was stopped")
+    t, h, w = arr.shape[:3]
+    yuv = np.empty((t, h * 3 // 2, w), np.uint8)
+    for k in range(t):
+        cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv[k])
     try:
-        proc.stdin.write(memoryview(arr).cast("B"))
+        proc.stdin.write(memoryview(yuv).cast("B"))
     except (BrokenPipeError, OSError, ValueError):
         proc.wait()
         raise OutputPathError(f"ffmpeg stopped while writing {path!r}: "
@@ -437,7 +447,7 @@ def _ffmpeg_log_error(state: dict) -> str:
 class Mp4Writer:
     """Streaming H.264 (libx264, yuv420p) + AAC MP4 writer; a context manager.
 
-    Frames go to ffmpeg's stdin as raw RGB as they are written, so memory stays flat; a feeder
+    Frames go to ffmpeg's stdin as raw yuv420p (converted from RGB here) as they are written, so memory stays flat; a feeder
     thread does the (blocking) pipe writes, so :meth:`write` returns once the chunk is queued
     (at most one chunk waits) and the caller renders the next chunk while x264 encodes. On
     :meth:`close` the video is padded to the audio's length if needed (last frame repeated)
@@ -542,7 +552,7 @@ class Mp4Writer:
         self._video_tmp = os.path.join(self._state["tmpdir"], "video.mp4")
         self._state["errf"] = open(os.path.join(self._state["tmpdir"], "ffmpeg.log"), "w+b")
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{w}x{h}",     # see _send_frames
                "-framerate", _fraction(self.fps), "-i", "pipe:0",
                "-map", "0:v:0", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
                "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", self._video_tmp]
