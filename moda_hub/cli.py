@@ -113,6 +113,9 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="start from this pipeline or component folder "
                                                 "(e.g. pretrained/moda-base to fine-tune on real video)")
+    p.add_argument("--lip-input", choices=["all", "phones", "phones+energy"], default=None,
+                   help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+energy; "
+                        "default all)")
     r = p.add_argument_group("renderer (--stage renderer; defaults depend on CPU/GPU)")
     r.add_argument("--base", default=DEFAULT_MODEL, help="stages 1-2 of the personal pipeline written "
                                                         "to <out>/pipeline ('' = none)")
@@ -127,6 +130,12 @@ def _add_train(sub):
 def _train(args):
     from .training import train_stage
     options = {}
+    if args.lip_input:
+        if args.stage != "moda" or args.init:
+            from .errors import InvalidParameterError
+            raise InvalidParameterError("--lip-input applies to --stage moda trained from scratch (without --init); "
+                                        "a fine-tuned model keeps the lip input of the model it starts from")
+        options["lip_input"] = args.lip_input
     if args.stage == "renderer":
         options = dict(base=args.base or None, pipeline_out=args.pipeline_out, image_size=args.image_size,
                        batch_size=args.batch_size, base_channels=args.base_channels, gan_weight=args.gan_weight,

@@ -288,4 +288,10 @@ def test_cli_prepare_video_and_train_renderer_arguments(videos, tmp_path):
     args = build_parser().parse_args(["train", "--stage", "moda", "--data", str(out), "--out", "runs/m",
                                       "--init", "pretrained/moda-base", "--steps", "10"])
     assert args.init == "pretrained/moda-base"
+    assert main(["train", "--stage", "moda", "--data", str(out), "--out", str(tmp_path / "m"), "--steps", "2",
+                 "--lip-input", "phones"]) == 0                  # from scratch, the shipped recipe's option
+    from moda_hub.models.moda import ModaModel
+    assert ModaModel.from_pretrained(str(tmp_path / "m")).config.lip_input == "phones"
+    assert main(["train", "--stage", "moda", "--data", str(out), "--out", str(tmp_path / "m2"), "--steps", "2",
+                 "--init", str(MODEL), "--lip-input", "phones"]) == 2   # a fine-tune keeps its model's input
     assert main(["prepare", "video", "--in", str(tmp_path / "nothing"), "--out", str(out)]) == 2

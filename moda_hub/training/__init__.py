@@ -8,13 +8,17 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
                 seed: int = 0, init: Optional[str] = None, **options):
     """Train one stage ("moda", "composer" or "renderer") on the data in ``data``; save it to ``out``.
 
-    ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``)."""
+    ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``);
+    for "moda", ``lip_input`` ("all" | "phones" | "phones+energy", see ``ModaModel``) sets what a
+    model trained from scratch feeds its lips (the shipped recipe: "phones+energy")."""
     if stage == "renderer":
         from .train_renderer import train_renderer
         return train_renderer(data, out, minutes=minutes, steps=steps, seed=seed, init=init, **options)
     if stage == "moda":
         from .train_moda import train_moda
-        return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init)
+        lip_input = options.pop("lip_input", None)
+        return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
+                          model_kwargs={"lip_input": lip_input} if lip_input else None)
     if stage == "composer":
         from .train_composer import train_composer
         return train_composer(data, out, minutes=minutes, steps=steps, seed=seed, init=init)
