@@ -447,9 +447,10 @@ def _ffmpeg_log_error(state: dict) -> str:
 class Mp4Writer:
     """Streaming H.264 (libx264, yuv420p) + AAC MP4 writer; a context manager.
 
-    Frames go to ffmpeg's stdin as raw yuv420p (converted from RGB here) as they are written, so memory stays flat; a feeder
-    thread does the (blocking) pipe writes, so :meth:`write` returns once the chunk is queued
-    (at most one chunk waits) and the caller renders the next chunk while x264 encodes. On
+    Frames go to ffmpeg's stdin as raw yuv420p (converted from RGB here) as they are written,
+    so memory stays flat; a feeder thread does the conversion and the (blocking) pipe writes, so
+    :meth:`write` returns once the chunk is queued (at most one chunk waits) and the caller
+    renders the next chunk while x264 encodes. On
     :meth:`close` the video is padded to the audio's length if needed (last frame repeated)
     and the audio is muxed, padded with silence or trimmed to exactly ``T / fps`` seconds
     (the video stream is copied, not re-encoded). The file appears at ``path`` only when
