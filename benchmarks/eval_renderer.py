@@ -231,15 +231,16 @@ def finetune(args) -> int:
 
     with open(args.out + ".json") as f:
         report = json.load(f)
-    os.cpu_count = lambda: args.threads              # train_moda uses all cores; the dev machine is shared
     moda_dir = os.path.join(args.run, "moda_finetuned")
     comp_dir = os.path.join(args.run, "composer_finetuned")
     if args.fresh or not os.path.isfile(moda_dir + ".metrics.json"):
         log(f"fine-tuning stage 1 for {args.finetune_minutes} min")
-        train_moda(args.data, moda_dir, minutes=args.finetune_minutes, init=args.base, log_every=25)
+        train_moda(args.data, moda_dir, minutes=args.finetune_minutes, init=args.base, log_every=25,
+                   threads=args.threads)
     if args.fresh or not os.path.isfile(comp_dir + ".metrics.json"):
         log(f"fine-tuning stage 2 for {args.finetune_composer_minutes} min")
-        train_composer(args.data, comp_dir, minutes=args.finetune_composer_minutes, init=args.base)
+        train_composer(args.data, comp_dir, minutes=args.finetune_composer_minutes, init=args.base,
+                       threads=args.threads)
     training = {}
     for name, d in (("moda", moda_dir), ("composer", comp_dir)):
         with open(d + ".metrics.json") as f:

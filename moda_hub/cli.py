@@ -116,6 +116,8 @@ def _add_train(sub):
     p.add_argument("--lip-input", choices=["all", "phones", "phones+energy"], default=None,
                    help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+energy; "
                         "default all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: moda/composer all cores over the processes, renderer its CPU default)")
     r = p.add_argument_group("renderer (--stage renderer; defaults depend on CPU/GPU)")
     r.add_argument("--base", default=DEFAULT_MODEL, help="stages 1-2 of the personal pipeline written "
                                                         "to <out>/pipeline ('' = none)")
@@ -124,12 +126,14 @@ def _add_train(sub):
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--base-channels", type=int, default=None)
     r.add_argument("--gan-weight", type=float, default=None, help="patch discriminator weight (CPU 0, GPU 0.05)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _train(args):
     from .training import train_stage
-    options = {}
+    if args.threads is not None and args.threads < 1:
+        from .errors import InvalidParameterError
+        raise InvalidParameterError(f"--threads {args.threads} — use 1 or more torch threads")
+    options = {"threads": args.threads}
     if args.lip_input:
         if args.stage != "moda" or args.init:
             from .errors import InvalidParameterError
@@ -137,9 +141,8 @@ def _train(args):
                                         "a fine-tuned model keeps the lip input of the model it starts from")
         options["lip_input"] = args.lip_input
     if args.stage == "renderer":
-        options = dict(base=args.base or None, pipeline_out=args.pipeline_out, image_size=args.image_size,
-                       batch_size=args.batch_size, base_channels=args.base_channels, gan_weight=args.gan_weight,
-                       threads=args.threads)
+        options.update(base=args.base or None, pipeline_out=args.pipeline_out, image_size=args.image_size,
+                       batch_size=args.batch_size, base_channels=args.base_channels, gan_weight=args.gan_weight)
     train_stage(args.stage, args.data, args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                 init=args.init, **options)
 

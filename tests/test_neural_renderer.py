@@ -288,8 +288,12 @@ def test_cli_prepare_video_and_train_renderer_arguments(videos, tmp_path):
     args = build_parser().parse_args(["train", "--stage", "moda", "--data", str(out), "--out", "runs/m",
                                       "--init", "pretrained/moda-base", "--steps", "10"])
     assert args.init == "pretrained/moda-base"
+    torch.set_num_threads(2)
     assert main(["train", "--stage", "moda", "--data", str(out), "--out", str(tmp_path / "m"), "--steps", "2",
-                 "--lip-input", "phones"]) == 0                  # from scratch, the shipped recipe's option
+                 "--lip-input", "phones", "--threads", "1"]) == 0   # from scratch, the shipped recipe's option
+    assert torch.get_num_threads() == 1
+    assert main(["train", "--stage", "composer", "--data", str(out), "--out", str(tmp_path / "c"), "--steps", "2",
+                 "--threads", "0"]) == 2
     from moda_hub.models.moda import ModaModel
     assert ModaModel.from_pretrained(str(tmp_path / "m")).config.lip_input == "phones"
     assert main(["train", "--stage", "moda", "--data", str(out), "--out", str(tmp_path / "m2"), "--steps", "2",

@@ -10,7 +10,8 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
 
     ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``);
     for "moda", ``lip_input`` ("all" | "phones" | "phones+energy", see ``ModaModel``) sets what a
-    model trained from scratch feeds its lips (the shipped recipe: "phones+energy")."""
+    model trained from scratch feeds its lips (the shipped recipe: "phones+energy"); ``threads``
+    (torch CPU threads, None = the trainer's default) goes to every stage."""
     if stage == "renderer":
         from .train_renderer import train_renderer
         return train_renderer(data, out, minutes=minutes, steps=steps, seed=seed, init=init, **options)
@@ -18,8 +19,10 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
         from .train_moda import train_moda
         lip_input = options.pop("lip_input", None)
         return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
-                          model_kwargs={"lip_input": lip_input} if lip_input else None)
+                          model_kwargs={"lip_input": lip_input} if lip_input else None,
+                          threads=options.get("threads"))
     if stage == "composer":
         from .train_composer import train_composer
-        return train_composer(data, out, minutes=minutes, steps=steps, seed=seed, init=init)
+        return train_composer(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
+                              threads=options.get("threads"))
     raise ValueError(f"unknown stage {stage!r} — use moda, composer or renderer")

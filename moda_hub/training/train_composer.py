@@ -21,12 +21,16 @@ from .runlog import RunLog
 
 def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
                    seed: int = 0, init: Optional[str] = None, batch_size: int = 256, lr: float = 1e-3,
-                   log_every: int = 100) -> FacialComposer:
-    """Train stage 2 on the dense frames of the corpus in ``data``; save to ``out``."""
+                   log_every: int = 100, threads: Optional[int] = None) -> FacialComposer:
+    """Train stage 2 on the dense frames of the corpus in ``data``; save to ``out``.
+
+    threads: torch CPU threads (None leaves torch's setting as it is)."""
     if minutes is None and steps is None:
         raise ValueError("give --minutes or --steps")
     accelerator = Accelerator()
     set_seed(seed)
+    if threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(threads)
     train, val = DenseFrames(data, "train"), DenseFrames(data, "val")
     if init:
         sub = os.path.join(init, "composer")

@@ -146,18 +146,20 @@ def calibrate_latent_scale(model: ModaModel, corpus: MotionCorpus, candidates=(1
 def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
                seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
                lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones",
-               model_kwargs: Optional[dict] = None) -> ModaModel:
+               model_kwargs: Optional[dict] = None, threads: Optional[int] = None) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
 
     minutes / steps: stop at whichever comes first (at least one must be given).
     init: a pipeline folder (its ``moda/`` subfolder is used) or a component folder to start from.
+    threads: torch CPU threads; None = the cores divided over the processes (right on an idle
+        machine; on a shared one, fewer threads than cores avoids oversubscription).
     """
     if minutes is None and steps is None:
         raise ValueError("give --minutes or --steps")
     accelerator = Accelerator()
     set_seed(seed)
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     if init:
         sub = os.path.join(init, "moda")
         model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)
