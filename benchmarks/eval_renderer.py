@@ -57,6 +57,17 @@ def clip_arrays(data_dir, video):
     return np.asarray(crops), lm, torso * pose[0, 6], ref
 
 
+def truth_and_portrait(args, video):
+    """Real mouth aperture (T,) at 25 fps of a test clip and the portrait to animate it from: the
+    clip's first frame, or the prepared reference frame where the first frame has no face."""
+    from moda_hub.evaluation import real_mouth_aperture
+
+    truth, first = real_mouth_aperture(video["source"], cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
+    if not np.isfinite(truth[0]):
+        first = clip_arrays(args.data, video)[3]
+    return truth, first
+
+
 def frame_metrics(pred, real):
     """PSNR (mean over frames), SSIM, and mean |frame_t - frame_t-1| of pred and of real (0-255)."""
     from moda_hub.models.neural_renderer import psnr, ssim, to_tensor
@@ -106,7 +117,7 @@ def main(argv=None):
         log(f"skipped: no GRID clips at {args.grid}")
         return 0
     from moda_hub.data.video_dataset import list_videos, prepare_videos
-    from moda_hub.evaluation import lipsync_scores, real_mouth_aperture
+    from moda_hub.evaluation import lipsync_scores
     from moda_hub.face.topology import mouth_aperture
     from moda_hub.models.neural_renderer import NeuralRenderer
     from moda_hub.pipeline import ModaPipeline
@@ -185,9 +196,7 @@ def main(argv=None):
     lrows = []
     for k, v in enumerate(tests):
         src = v["source"]
-        truth, first = real_mouth_aperture(src, cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
-        if not np.isfinite(truth[0]):       # no face in the first frame: the clip's first face frame instead
-            first = clip_arrays(args.data, v)[3]
+        truth, first = truth_and_portrait(args, v)
         wav = load_audio(src, sample_rate=16000)
         row = dict(clip=v["name"], rms=lipsync_scores(truth, np.asarray(rms_envelope(wav, 16000, 25), np.float64)))
         for name, pipe in pipes.items():
@@ -220,7 +229,7 @@ def finetune(args) -> int:
     lip-sync on the test clips (same protocol as step 4) of the base, of the fine-tuned stage 1, and of
     both fine-tuned; adds ``finetune`` to the report written by a full run."""
     from moda_hub.data.video_dataset import load_manifest
-    from moda_hub.evaluation import lipsync_scores, real_mouth_aperture
+    from moda_hub.evaluation import lipsync_scores
     from moda_hub.face.topology import mouth_aperture
     from moda_hub.models.composer import FacialComposer
     from moda_hub.models.moda import ModaModel
@@ -262,9 +271,7 @@ def finetune(args) -> int:
     tests = [v for v in manifest["videos"] if v["split"] == "val" and v["face_frames"] > 0][:args.max_test]
     rows = []
     for v in tests:
-        truth, first = real_mouth_aperture(v["source"], cache_dir=os.path.join(ROOT, "outputs", "eval_cache_grid"))
-        if not np.isfinite(truth[0]):       # no face in the first frame: the clip's first face frame instead
-            first = clip_arrays(args.data, v)[3]
+        truth, first = truth_and_portrait(args, v)
         row = {"clip": v["name"]}
         for name, pipe in pipes.items():
             pipe.set_progress_bar_config(disable=True)

@@ -129,14 +129,13 @@ def _add_train(sub):
 
 
 def _train(args):
+    from .errors import InvalidParameterError
     from .training import train_stage
     if args.threads is not None and args.threads < 1:
-        from .errors import InvalidParameterError
         raise InvalidParameterError(f"--threads {args.threads} — use 1 or more torch threads")
     options = {"threads": args.threads}
     if args.lip_input:
         if args.stage != "moda" or args.init:
-            from .errors import InvalidParameterError
             raise InvalidParameterError("--lip-input applies to --stage moda trained from scratch (without --init); "
                                         "a fine-tuned model keeps the lip input of the model it starts from")
         options["lip_input"] = args.lip_input

@@ -41,7 +41,7 @@ PHONE_SEGMENT_SECONDS = 30.0
 _CUT_STEP_SECONDS = 0.1          # segment borders fall on multiples of this (whole frames at 25/30 fps)
 
 
-def phone_segments(wav: np.ndarray, sample_rate: int, max_seconds: float = 30.0):
+def phone_segments(wav: np.ndarray, sample_rate: int, max_seconds: float = PHONE_SEGMENT_SECONDS):
     """Sample ranges [(a, b), ...] covering ``wav`` in order, each at most ``max_seconds`` long;
     one range when the clip is that short. Borders are multiples of 0.1 s, placed at the quietest
     0.1 s in the last third of each segment (a pause, where recognition loses no context)."""

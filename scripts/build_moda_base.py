@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Budget on a 2-core CPU: corpus ~11 min (2 h of speech), composer 1750 steps (~4 min), MODA 3000 steps
-(~23 min): <= 45 min in all. Training runs a fixed number of steps, not a time budget, so the same
+Measured on the idle 2-core CPU (2026-12-01): corpus 6.0 min (2 h of speech), composer 1750 steps
+(1.7 min), MODA 3000 steps (31.9 min): 39.9 min in all (limit 45). Training runs a fixed number of steps, not a time budget, so the same
 command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
 for quick looks; a capped build is not the documented one).
 Stage 1's lips hear the pocketsphinx viseme stream plus a loudness column only

@@ -352,10 +352,8 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
                 sub_y[...] = np.arange(y0, y1, dtype=np.float32)[:, None] + pad
                 affine_maps(d, hit, tab, sub_x, sub_y, x0, y0, 1.0)
         # 4. the warp itself, only where some triangle moved (the rest is the portrait as it is)
-        rest = p.texture[p.pad:p.pad + h, p.pad:p.pad + w]
-        canvas = rest.copy() if out is None else out
-        if out is not None:
-            out[...] = rest
+        canvas = np.empty((h, w, 3), np.uint8) if out is None else out
+        canvas[...] = p.texture[p.pad:p.pad + h, p.pad:p.pad + w]
         if len(order):
             x0, y0 = np.maximum(np.floor(lo_all[order].min(axis=0)).astype(int) - 2, 0)
             x1, y1 = np.ceil(hi_all[order].max(axis=0)).astype(int) + 2

@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from ..models.composer import FacialComposer
 from .corpus import DenseFrames
 from .runlog import RunLog
+from .threads import set_cpu_threads
 
 
 def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
@@ -24,13 +25,12 @@ def train_composer(data: str, out: str, minutes: Optional[float] = None, steps: 
                    log_every: int = 100, threads: Optional[int] = None) -> FacialComposer:
     """Train stage 2 on the dense frames of the corpus in ``data``; save to ``out``.
 
-    threads: torch CPU threads (None leaves torch's setting as it is)."""
+    threads: torch CPU threads (:func:`~moda_hub.training.threads.set_cpu_threads`)."""
     if minutes is None and steps is None:
         raise ValueError("give --minutes or --steps")
     accelerator = Accelerator()
     set_seed(seed)
-    if threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(threads)
+    set_cpu_threads(accelerator, threads)
     train, val = DenseFrames(data, "train"), DenseFrames(data, "val")
     if init:
         sub = os.path.join(init, "composer")

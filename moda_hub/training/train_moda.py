@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from ..models.moda import ModaModel
 from .corpus import MotionCorpus
 from .runlog import RunLog
+from .threads import set_cpu_threads
 
 PARTS = ("lip", "eye", "head", "torso")
 
@@ -151,15 +152,13 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
 
     minutes / steps: stop at whichever comes first (at least one must be given).
     init: a pipeline folder (its ``moda/`` subfolder is used) or a component folder to start from.
-    threads: torch CPU threads; None = the cores divided over the processes (right on an idle
-        machine; on a shared one, fewer threads than cores avoids oversubscription).
+    threads: torch CPU threads (:func:`~moda_hub.training.threads.set_cpu_threads`).
     """
     if minutes is None and steps is None:
         raise ValueError("give --minutes or --steps")
     accelerator = Accelerator()
     set_seed(seed)
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    set_cpu_threads(accelerator, threads)
     if init:
         sub = os.path.join(init, "moda")
         model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)

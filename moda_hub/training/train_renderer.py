@@ -41,6 +41,7 @@ from ..errors import InvalidParameterError
 from ..models.neural_renderer import NeuralRenderer, PatchDiscriminator, psnr, ssim, to_tensor
 from ..render.crop import CropBox
 from .runlog import RunLog
+from .threads import set_cpu_threads
 
 
 def defaults_for(device_type: str) -> dict:
@@ -258,8 +259,7 @@ def train_renderer(data: str, out: str, minutes: Optional[float] = None, steps: 
     accelerator = Accelerator()
     set_seed(seed)
     dev = accelerator.device
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    set_cpu_threads(accelerator, threads)
     d = defaults_for(dev.type)
     if init:
         sub = os.path.join(init, "renderer")
