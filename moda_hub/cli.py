@@ -113,7 +113,7 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="start from this pipeline or component folder "
                                                 "(e.g. pretrained/moda-base to fine-tune on real video)")
-    p.add_argument("--lip-input", choices=["all", "phones", "phones+energy"], default=None,
+    p.add_argument("--lip-input", choices=["all", "phones", "phones+energy", "phones+bands"], default=None,
                    help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+energy; "
                         "default all)")
     p.add_argument("--threads", type=int, default=None,

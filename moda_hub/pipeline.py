@@ -25,6 +25,7 @@ from .face.subject import Subject, prepare_subject
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
+from .phone_worker import shared_worker
 from .video import Mp4Writer, check_output_path
 
 SAMPLE_RATE = 16000
@@ -113,6 +114,8 @@ class ModaPipeline(DiffusionPipeline):
     def __init__(self, moda: ModaModel, composer: FacialComposer, renderer):
         super().__init__()
         self.register_modules(moda=moda, composer=composer, renderer=renderer)
+        if "phones" in getattr(moda.config, "features", ""):
+            shared_worker()      # start the phone-recognition helper now, so it is ready by the first call
 
     # ------------------------------------------------------------------ Hub
     model_card: Optional[str] = None

@@ -691,7 +691,7 @@ class Mp4Writer:
         if len(audio) < n_target:
             audio = np.concatenate([audio, np.zeros(n_target - len(audio), np.float32)])
         raw = os.path.join(tmpdir, "audio.f32")
-        audio.astype("<f4").tofile(raw)
+        np.asarray(audio, "<f4").tofile(raw)        # no copy of what is already float32 (600 s: 38 MB)
         out = os.path.join(tmpdir, "final.mp4")
         aac_rate = self.sample_rate if self.sample_rate in _AAC_RATES else 48000
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",

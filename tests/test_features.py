@@ -2,6 +2,8 @@
 long speech is recognised segment by segment, cut in pauses, only as far as asked."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,48 @@ def test_phones_are_recognised_only_as_far_as_asked(speech, monkeypatch):
     expected = np.concatenate([phone_viseme_features(speech[a:b], SR, 30) for a, b in segments])
     assert np.allclose(full[:, -expected.shape[1]:], expected[:len(full)])
     assert np.array_equal(full[:, :80], speech_features(speech, SR, 30)[:, :80])   # log-mel: whole clip
+
+
+@pytest.fixture(scope="module")
+def long_speech():
+    # ~11 s: more than the 6 s first segment, so the phone worker recognises the rest
+    return synthesize_speech("The boat left the harbour at dawn, and the gulls followed it out. "
+                             "Bread was sold in the square by noon. By evening the rain had come, "
+                             "and the streets were empty.")
+
+
+def test_the_phone_worker_recognises_later_segments_with_the_same_rows(long_speech, monkeypatch):
+    from moda_hub.phone_worker import shared_worker
+
+    assert len(phone_segments(long_speech, SR)) >= 2
+    worker = shared_worker()
+    assert worker is not None and worker.alive
+    before = worker.answered
+    with_worker = FeatureTable(long_speech, SR, 30).upto(10 ** 6).numpy()
+    assert worker.answered > before                       # a segment came from the helper process
+    monkeypatch.setenv("MODA_PHONE_WORKER", "0")
+    alone = FeatureTable(long_speech, SR, 30).upto(10 ** 6).numpy()
+    assert np.array_equal(with_worker, alone)
+    segments = phone_segments(long_speech, SR)
+    expected = np.concatenate([phone_viseme_features(long_speech[a:b], SR, 30) for a, b in segments])
+    assert np.array_equal(alone[:, -13:], expected[:len(alone)])
+
+
+def test_a_phone_worker_that_dies_changes_nothing(long_speech, monkeypatch):
+    from moda_hub.phone_worker import shared_worker
+
+    monkeypatch.setenv("MODA_PHONE_WORKER", "0")
+    alone = FeatureTable(long_speech, SR, 30).upto(10 ** 6).numpy()
+    monkeypatch.delenv("MODA_PHONE_WORKER")
+    worker = shared_worker()
+    table = FeatureTable(long_speech, SR, 30)             # later segments queued in the helper
+    worker._proc.kill()
+    worker._proc.wait()
+    assert np.array_equal(table.upto(10 ** 6).numpy(), alone)   # recognised here instead
+    for _ in range(100):                                  # the reader thread sees the pipe close
+        if not worker.alive:
+            break
+        time.sleep(0.05)
+    assert not worker.alive
+    fresh = shared_worker()                               # a dead helper is replaced on next use
+    assert fresh is not worker and fresh.alive

@@ -79,3 +79,27 @@ def test_lip_input_makes_the_lips_hear_only_phones_and_loudness(lip_input):
     assert not torch.allclose(gen(phones)["lip"], base["lip"])       # the phone stream drives them
     with pytest.raises(ValueError, match="lip_input"):
         ModaModel(lip_input="mel")
+
+
+def test_phones_bands_lips_hear_the_broad_spectral_shape_but_not_the_fine_timbre():
+    from moda_hub.models.moda import LIP_BAND_EDGES_HZ, band_matrix
+
+    m = band_matrix(80)
+    assert m.shape == (80, len(LIP_BAND_EDGES_HZ) - 1)
+    torch.testing.assert_close(m.sum(0), torch.ones(m.shape[1]))     # each column: a mean of its bins
+    assert ((m > 0).sum(1) <= 1).all() and (m > 0).any(1).sum() >= 75   # bins in at most one band
+    torch.manual_seed(0)
+    model = ModaModel(lip_input="phones+bands", dim=32, n_layers=1).eval()
+    feats, cond = torch.randn(50, 93), torch.randn(1434)
+    gen = lambda f: model.generate(f, cond, latent=torch.zeros(1, 12, 8))["lip"]   # noqa: E731
+    base = gen(feats)
+    fine = feats.clone()                                             # shuffle bins inside each band
+    for b in range(m.shape[1]):
+        idx = torch.nonzero(m[:, b]).flatten()
+        fine[:, idx] = fine[:, idx[torch.randperm(len(idx))]]
+    torch.testing.assert_close(gen(fine), base)                      # same band means: same lips
+    tilt = feats.clone()
+    low, high = torch.nonzero(m[:, 1]).flatten(), torch.nonzero(m[:, 4]).flatten()
+    tilt[:, low] += 1.0                                              # energy moved from high to low
+    tilt[:, high] -= len(low) / len(high)
+    assert not torch.allclose(gen(tilt), base)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,7 +42,24 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..face.topology import EYES, LIPS
 
 MOTION_PARTS = ("lip", "eye", "head", "torso")
-LIP_INPUTS = ("all", "phones", "phones+energy")
+LIP_INPUTS = ("all", "phones", "phones+energy", "phones+bands")
+#: "phones+bands": band edges (Hz) of the coarse loudness bands the lips hear besides the phones;
+#: the lowest two follow the first formant (jaw opening), the others the spectral tilt.
+LIP_BAND_EDGES_HZ = (20.0, 300.0, 800.0, 1500.0, 3000.0, 8000.0)
+
+
+def band_matrix(n_mels: int, edges_hz=LIP_BAND_EDGES_HZ, fmin: float = 20.0, fmax: float = 8000.0) -> torch.Tensor:
+    """(n_mels, len(edges_hz) - 1) averaging matrix: column b is the mean of the log-mel bins
+    (``moda_hub.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
+    frequency lies in ``[edges_hz[b], edges_hz[b + 1])``."""
+    from ..audio import _hz_to_mel, _mel_to_hz
+
+    centres = _mel_to_hz(np.linspace(float(_hz_to_mel(fmin)), float(_hz_to_mel(fmax)), n_mels + 2))[1:-1]
+    m = np.zeros((n_mels, len(edges_hz) - 1), np.float32)
+    for b, (lo, hi) in enumerate(zip(edges_hz[:-1], edges_hz[1:])):
+        sel = (centres >= lo) & (centres < hi)
+        m[sel, b] = 1.0 / max(int(sel.sum()), 1)
+    return torch.tensor(m)
 
 
 def _alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -209,7 +227,9 @@ class ModaModel(ModelMixin, ConfigMixin):
             audio encoder over only the last ``phone_dim`` columns (the pocketsphinx viseme
             stream of ``"logmel+phones"``), which does not depend on the voice's timbre.
             "phones+energy": the same plus one loudness column (the mean of the log-mel
-            columns per frame). ProbAttn always hears every column.
+            columns per frame). "phones+bands": the same plus the mean log-mel of each band of
+            :data:`LIP_BAND_EDGES_HZ` (coarse spectral shape: first formant and tilt, not the
+            voice's fine timbre). ProbAttn always hears every column.
         phone_dim (int, default 13): width of the phone stream at the end of the features.
     """
 
@@ -229,8 +249,10 @@ class ModaModel(ModelMixin, ConfigMixin):
                              f"columns at the end of audio_dim={audio_dim} features")
         self.part_dims = {"lip": len(LIPS) * 3, "eye": len(EYES) * 3, "head": 7, "torso": torso_dim}
         self.audio_encoder = AudioEncoder(audio_dim, dim, dropout)
-        self.lip_encoder = None if lip_input == "all" else \
-            AudioEncoder(phone_dim + (lip_input == "phones+energy"), dim, dropout)
+        extra_cols = {"phones": 0, "phones+energy": 1, "phones+bands": len(LIP_BAND_EDGES_HZ)}.get(lip_input, 0)
+        self.lip_encoder = None if lip_input == "all" else AudioEncoder(phone_dim + extra_cols, dim, dropout)
+        if lip_input == "phones+bands":
+            self.register_buffer("band_matrix", band_matrix(audio_dim - phone_dim), persistent=False)
         self.cond_proj = nn.Sequential(nn.Linear(cond_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.extra_proj = nn.Linear(extra_cond_dim, dim)
         self.latent_proj = nn.Linear(latent_dim, dim)
@@ -271,7 +293,11 @@ class ModaModel(ModelMixin, ConfigMixin):
         phones = feats[..., -k:]
         if kind == "phones":
             return phones
-        return torch.cat([phones, feats[..., :-k].mean(-1, keepdim=True)], -1)
+        mel = feats[..., :-k]
+        loud = mel.mean(-1, keepdim=True)
+        if kind == "phones+energy":
+            return torch.cat([phones, loud], -1)
+        return torch.cat([phones, loud, mel @ self.band_matrix.to(mel)], -1)
 
     def _decode(self, feats, cond, extra, z):
         """One window. feats (B,T,F), cond (B,1434), extra (B,E), z (B,T,Z) -> normalised parts."""
