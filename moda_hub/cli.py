@@ -114,7 +114,7 @@ def _add_train(sub):
     p.add_argument("--init", default=None, help="start from this pipeline or component folder "
                                                 "(e.g. pretrained/moda-base to fine-tune on real video)")
     p.add_argument("--lip-input", choices=["all", "phones", "phones+energy", "phones+bands"], default=None,
-                   help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+energy; "
+                   help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+bands; "
                         "default all)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: moda/composer all cores over the processes, renderer its CPU default)")

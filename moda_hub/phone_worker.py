@@ -90,6 +90,7 @@ class PhoneWorker:
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, pkg_dir],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, close_fds=True)
+        self._owner = os.getpid()           # a forked copy of this object is not usable there
         self._ids = itertools.count()
         self._pending: dict = {}
         self._lock = threading.Lock()
@@ -104,7 +105,9 @@ class PhoneWorker:
 
     @property
     def alive(self) -> bool:
-        return self._dead is None
+        """The helper is running and this is the process that started it (after a fork the
+        copy has no threads and must not touch the pipes)."""
+        return self._dead is None and self._owner == os.getpid()
 
     def submit(self, wav: np.ndarray, sample_rate: int, fps: float) -> Future:
         """Queue one clip: ``wav`` (N,) float32 mono at ``sample_rate`` Hz, frames at ``fps``.
@@ -114,8 +117,8 @@ class PhoneWorker:
             fut.set_exception(PhoneWorkerError(f"not mono samples: shape {np.shape(wav)}"))
             return fut
         with self._lock:
-            if self._dead is not None:
-                fut.set_exception(PhoneWorkerError(self._dead))
+            if not self.alive:
+                fut.set_exception(PhoneWorkerError(self._dead or "a phone worker of another process"))
                 return fut
             rid = next(self._ids)
             self._pending[rid] = fut
@@ -238,5 +241,5 @@ def shared_worker() -> Optional[PhoneWorker]:
 
 @atexit.register
 def _close_shared() -> None:
-    if _shared is not None:
+    if _shared is not None and _shared._owner == os.getpid():
         _shared.close()

@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Measured on the idle 2-core CPU (2026-12-01): corpus 6.0 min (2 h of speech), composer 1750 steps
-(1.7 min), MODA 3000 steps (31.9 min): 39.9 min in all (limit 45). Training runs a fixed number of steps, not a time budget, so the same
+Measured on the idle 2-core CPU (2026-12-02): corpus 6.0 min (2 h of speech), composer 1750 steps
+(1.5 min), MODA 3000 steps (29.7 min): 37.3 min in all (limit 45). Training runs a fixed number of steps, not a time budget, so the same
 command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
 for quick looks; a capped build is not the documented one).
-Stage 1's lips hear the pocketsphinx viseme stream plus a loudness column only
-(``--lip-input phones+energy``): log-mel spectra of espeak-ng voices do not carry over to human
-voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md), phones and loudness do.
+Stage 1's lips hear the pocketsphinx viseme stream, a loudness column and five coarse band
+loudnesses (``--lip-input phones+bands``): the full log-mel spectra of espeak-ng voices do not
+carry over to human voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md);
+phones, loudness and the broad spectral shape (first formant = jaw opening, tilt) do.
 Seeded; the pipeline folder gets model_index.json, one folder per component (config json +
 safetensors) and the model card as README.md.
 """
@@ -33,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--moda-steps", type=int, default=3000)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="also stop each training stage after this many minutes (quick looks only)")
-    ap.add_argument("--lip-input", default="phones+energy", choices=("all", "phones", "phones+energy"),
+    ap.add_argument("--lip-input", default="phones+bands", choices=("all", "phones", "phones+energy", "phones+bands"),
                     help="what stage 1's lips hear (ModaModel lip_input)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -9,8 +9,8 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
     """Train one stage ("moda", "composer" or "renderer") on the data in ``data``; save it to ``out``.
 
     ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``);
-    for "moda", ``lip_input`` ("all" | "phones" | "phones+energy", see ``ModaModel``) sets what a
-    model trained from scratch feeds its lips (the shipped recipe: "phones+energy"); ``threads``
+    for "moda", ``lip_input`` ("all" | "phones" | "phones+energy" | "phones+bands", see ``ModaModel``)
+    sets what a model trained from scratch feeds its lips (the shipped recipe: "phones+bands"); ``threads``
     (torch CPU threads, None = the trainer's default) goes to every stage."""
     if stage == "renderer":
         from .train_renderer import train_renderer
