@@ -249,7 +249,8 @@ class ModaModel(ModelMixin, ConfigMixin):
                              f"columns at the end of audio_dim={audio_dim} features")
         self.part_dims = {"lip": len(LIPS) * 3, "eye": len(EYES) * 3, "head": 7, "torso": torso_dim}
         self.audio_encoder = AudioEncoder(audio_dim, dim, dropout)
-        extra_cols = {"phones": 0, "phones+energy": 1, "phones+bands": len(LIP_BAND_EDGES_HZ)}.get(lip_input, 0)
+        n_bands = len(LIP_BAND_EDGES_HZ) - 1
+        extra_cols = {"phones": 0, "phones+energy": 1, "phones+bands": 1 + n_bands}.get(lip_input, 0)   # + loudness
         self.lip_encoder = None if lip_input == "all" else AudioEncoder(phone_dim + extra_cols, dim, dropout)
         if lip_input == "phones+bands":
             self.register_buffer("band_matrix", band_matrix(audio_dim - phone_dim), persistent=False)
