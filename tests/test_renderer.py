@@ -345,16 +345,49 @@ def test_rasteriser_writes_each_covered_pixel_its_triangles_affine_map():
     assert np.array_equal(map_x2, map_x) and np.array_equal(map_y2, map_y)
 
 
+def test_rasteriser_covers_exactly_the_samples_the_per_sample_edge_test_covers():
+    """The kernel solves each row's covered run from the edge equations; it must cover the same
+    samples as testing every sample centre in its box against the three edges (within tol), for any
+    triangles: slivers, either orientation, partly off the grid, on a stride-2 grid."""
+    from moda_hub.render.raster import affine_maps
+    rng = np.random.default_rng(0)
+    n = 400
+    corners = rng.uniform(-6, 46, (n, 3, 2)).astype(np.float32)
+    corners[::4, 2] = corners[::4, 0] + rng.uniform(-0.3, 0.3, (len(corners[::4]), 2))   # slivers
+    corners[1::7, 1, 1] = corners[1::7, 0, 1]                                              # flat edges
+    coeffs = np.zeros((6, n), np.float32)
+    coeffs[2] = np.arange(n)                           # map_x = the id of the triangle drawn last
+    for step, x0, y0, tol in ((1.0, 0.0, 0.0, 0.5), (2.0, -1.0, -1.0, 0.5), (1.0, 3.0, 2.0, 0.0)):
+        rows = cols = int(44 / step)
+        for k in range(n):
+            map_x = np.full((rows, cols), -1, np.float32)
+            affine_maps(corners, np.array([k]), coeffs, map_x, np.zeros_like(map_x), x0, y0, step, tol)
+            (ax, ay), (bx, by), (cx, cy) = corners[k].astype(np.float64)
+            area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+            r, c = np.mgrid[0:rows, 0:cols]
+            px, py = x0 + c * step + 0.5, y0 + r * step + 0.5
+            sgn = 1.0 if area > 0 else -1.0
+            lo, hi = corners[k].astype(np.float64).min(axis=0) - tol, corners[k].astype(np.float64).max(axis=0) + tol
+            inside = (area != 0) & (px >= lo[0]) & (px <= hi[0]) & (py >= lo[1]) & (py <= hi[1])   # and its box
+            for (ux, uy), (vx, vy) in (((ax, ay), (bx, by)), ((bx, by), (cx, cy)), ((cx, cy), (ax, ay))):
+                edge = sgn * ((vx - ux) * (py - uy) - (vy - uy) * (px - ux))
+                inside = inside & (edge >= -np.hypot(vx - ux, vy - uy) * tol)
+            assert np.array_equal(map_x == k, inside), (step, tol, k)
+
+
 def test_threaded_rendering_gives_the_frames_of_serial_rendering(astronaut, monkeypatch):
     image, ref = astronaut
     targets = np.stack([ref, open_jaw(ref), turn_head(ref, 6.0), close_eyes(ref), open_jaw(ref, 4.0)])
     renderer = WarpRenderer(output_size=256)
     prepared = renderer.prepare(image, ref)
     out = {}
+    import cv2
+    before = cv2.getNumThreads()
     for threads in ("1", "2"):
         monkeypatch.setenv("MODA_RENDER_THREADS", threads)
         out[threads] = renderer.render(prepared, targets)
     assert np.array_equal(out["1"], out["2"])
+    assert cv2.getNumThreads() == before       # OpenCV's threads are off only while the pool renders
     monkeypatch.setenv("MODA_RENDER_THREADS", "two")
     with pytest.raises(InvalidParameterError, match="MODA_RENDER_THREADS"):
         renderer.render(prepared, targets)
