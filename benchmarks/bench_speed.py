@@ -32,7 +32,9 @@ with a timer around each stage:
 
 RTF = wall-clock of the call / audio duration. The encode floor is measured in the same process
 right after: the same number of frames (the run's own first frames, cycled) through ``Mp4Writer``
-with the same settings and the same audio. First-chunk latency: ``pipe.stream(...)`` to its first
+with the same settings and the same audio. "Render free" (a bound, for the calls up to 60 s): the same call
+once more with ``renderer.render`` replaced by copying the run's own frames -- what the call costs
+beyond the floor when rendering costs nothing. First-chunk latency: ``pipe.stream(...)`` to its first
 chunk (32 frames) in that warm process. Cold start: ``import moda_hub`` + ``from_pretrained`` in a
 fresh interpreter. Torch runs with one thread (``--threads``), as the project's scripts do.
 Medians over the repeats are quoted.
@@ -399,6 +401,21 @@ def worker(spec: dict) -> dict:
     result.update(floor_s=round(floor, 3), floor_ffmpeg_cpu_s=round(cpu1[1] - cpu0[1], 2),
                   ratio_to_floor=round(wall / floor, 2))
 
+    # a bound, not a variant: the same call with rendering free (each chunk's frames copied from the
+    # run's own first frames, as the floor writes them) -- what everything but the render costs
+    if spec["api"] == "call" and spec["seconds"] <= 60:
+        def copied_frames(prepared, landmarks, torso_offset_px=None):
+            return sample[np.arange(len(landmarks)) % len(sample)]        # fancy indexing: a fresh copy
+        pipe.renderer.render = copied_frames
+        try:
+            t0 = time.perf_counter()
+            pipe(output_type="mp4", output_path=out_path, **{**kw, "generator": torch.Generator().manual_seed(0)})
+            free = time.perf_counter() - t0
+        finally:
+            del pipe.renderer.render
+        os.remove(out_path)
+        result.update(render_free_s=round(free, 3), render_free_ratio_to_floor=round(free / floor, 2))
+
     # first streamed chunk, warm process
     del sample, wav
     t0 = time.perf_counter()
@@ -468,7 +485,8 @@ def _median(runs, key):
 def summarise(runs: list) -> dict:
     med = {k: _median(runs, k) for k in ("wall_s", "rtf", "floor_s", "ratio_to_floor", "peak_rss_mb",
                                          "ffmpeg_peak_rss_mb", "total_peak_rss_mb", "first_chunk_s", "first_call_s", "cpu_self_s",
-                                         "ffmpeg_cpu_s", "phone_worker_cpu_s", "cpu_utilisation", "other_s", "load_s")}
+                                         "ffmpeg_cpu_s", "phone_worker_cpu_s", "cpu_utilisation", "other_s", "load_s",
+                                         "render_free_s", "render_free_ratio_to_floor")}
     med["stages_s"] = {s: round(statistics.median(r["stages_s"][s] for r in runs), 3) for s in STAGES}
     med["frames"], med["audio_s"], med["repeats"] = runs[0]["frames"], runs[0]["audio_s"], len(runs)
     med["stage12_pct_of_audio"] = round(100 * (med["stages_s"]["stage1"] + med["stages_s"]["stage2"])
@@ -520,8 +538,9 @@ def markdown(results: dict) -> str:
              f"{results['settings']['threads']}, render threads {m.get('render_threads', 1)}; {results['settings']['mode']} run, {results['date']}.", "",
              "| case | frames | runs | wall s | RTF | floor s | total/floor | face | decode | log-mel | phones "
              "| stage 1 | stage 2 | render | encode | other | render ms/frame | CPU s Python + phone worker + ffmpeg "
-             "| CPU RTF / 2 cores | peak RSS MB Python (+children: ffmpeg, phone worker) | first chunk s | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU RTF / 2 cores | peak RSS MB Python (+children: ffmpeg, phone worker) | first chunk s "
+             "| total/floor, render free | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["cases"]:
         d, s = c["median"], c["median"]["stages_s"]
         lines.append(
@@ -532,7 +551,9 @@ def markdown(results: dict) -> str:
             f"{d['render_ms_per_frame']:.1f} | {d['cpu_self_s']:.1f} + {d.get('phone_worker_cpu_s') or 0:.1f} + "
             f"{d['ffmpeg_cpu_s']:.1f} | "
             f"{d['rtf_idle_2core_bound']:.3f} | {d['peak_rss_mb']:.0f} (+{d['ffmpeg_peak_rss_mb']:.0f}) | "
-            f"{d['first_chunk_s']:.2f} | {d['loadavg_before']:.1f} |")
+            f"{d['first_chunk_s']:.2f} | "
+            f"{'%.2f' % d['render_free_ratio_to_floor'] if d.get('render_free_ratio_to_floor') else '-'} | "
+            f"{d['loadavg_before']:.1f} |")
     cold = results.get("cold_start", {}).get("median")
     if cold:
         lines += ["", f"Cold start (fresh interpreter, median of {results['cold_start']['repeats']}): import "

@@ -77,13 +77,6 @@ def triangle_affines(corners: np.ndarray, sources: np.ndarray, min_det: float = 
 def _kernel():
     import numba
 
-    @numba.njit(inline="always")
-    def _inside(ax, ay, bx, by, cx, cy, sgn, lab, lbc, lca, px, py):  # pragma: no cover - compiled
-        """The sample centre (px, py) lies in the triangle or within tol px of its edges."""
-        return (sgn * ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) >= -lab
-                and sgn * ((cx - bx) * (py - by) - (cy - by) * (px - bx)) >= -lbc
-                and sgn * ((ax - cx) * (py - cy) - (ay - cy) * (px - cx)) >= -lca)
-
     @numba.njit(cache=True, nogil=True, fastmath=False)
     def kernel(corners, order, coeffs, map_x, map_y, x0, y0, step, tol):  # pragma: no cover - compiled
         rows, cols = map_x.shape
@@ -118,46 +111,21 @@ def _kernel():
                 continue
             m0 = coeffs[0, k]; m1 = coeffs[1, k]; m2 = coeffs[2, k]
             m3 = coeffs[3, k]; m4 = coeffs[4, k]; m5 = coeffs[5, k]
-            # each edge function is linear along a row, e(px) = e0 + slope * px: the covered
-            # samples of a row are one run [cs, ce], found from the three inequalities and then
-            # settled at both ends with the exact per-sample test (the same samples as testing
-            # every one; rounding in the solved bounds cannot move a run's end)
-            s_ab = -sgn * (by - ay); s_bc = -sgn * (cy - by); s_ca = -sgn * (ay - cy)
             for r in range(r_lo, r_hi + 1):
                 gy = y0 + r * step
                 py = gy + 0.5
-                cs = c_lo; ce = c_hi
-                for edge in range(3):
-                    if edge == 0:
-                        slope = s_ab; e0 = sgn * (bx - ax) * (py - ay) - s_ab * ax; lim = lab
-                    elif edge == 1:
-                        slope = s_bc; e0 = sgn * (cx - bx) * (py - by) - s_bc * bx; lim = lbc
-                    else:
-                        slope = s_ca; e0 = sgn * (ax - cx) * (py - cy) - s_ca * cx; lim = lca
-                    if slope > 0.0:     # px >= (-lim - e0) / slope
-                        bound = ((-lim - e0) / slope - 0.5 - x0) * inv
-                        if bound > c_hi:
-                            cs = c_hi + 1
-                        elif bound > cs:
-                            cs = int(np.ceil(bound))
-                    elif slope < 0.0:   # px <= (-lim - e0) / slope
-                        bound = ((-lim - e0) / slope - 0.5 - x0) * inv
-                        if bound < c_lo:
-                            ce = c_lo - 1
-                        elif bound < ce:
-                            ce = int(np.floor(bound))
-                    elif e0 < -lim:
-                        ce = cs - 1
-                while cs <= ce and not _inside(ax, ay, bx, by, cx, cy, sgn, lab, lbc, lca, x0 + cs * step + 0.5, py):
-                    cs += 1
-                while cs > c_lo and _inside(ax, ay, bx, by, cx, cy, sgn, lab, lbc, lca, x0 + (cs - 1) * step + 0.5, py):
-                    cs -= 1
-                while ce >= cs and not _inside(ax, ay, bx, by, cx, cy, sgn, lab, lbc, lca, x0 + ce * step + 0.5, py):
-                    ce -= 1
-                while ce < c_hi and _inside(ax, ay, bx, by, cx, cy, sgn, lab, lbc, lca, x0 + (ce + 1) * step + 0.5, py):
-                    ce += 1
-                for c in range(cs, ce + 1):
+                for c in range(c_lo, c_hi + 1):
                     gx = x0 + c * step
+                    px = gx + 0.5
+                    e_ab = sgn * ((bx - ax) * (py - ay) - (by - ay) * (px - ax))
+                    if e_ab < -lab:
+                        continue
+                    e_bc = sgn * ((cx - bx) * (py - by) - (cy - by) * (px - bx))
+                    if e_bc < -lbc:
+                        continue
+                    e_ca = sgn * ((ax - cx) * (py - cy) - (ay - cy) * (px - cx))
+                    if e_ca < -lca:
+                        continue
                     map_x[r, c] = m0 * gx + m1 * gy + m2
                     map_y[r, c] = m3 * gx + m4 * gy + m5
 
