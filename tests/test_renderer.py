@@ -391,3 +391,42 @@ def test_threaded_rendering_gives_the_frames_of_serial_rendering(astronaut, monk
     monkeypatch.setenv("MODA_RENDER_THREADS", "two")
     with pytest.raises(InvalidParameterError, match="MODA_RENDER_THREADS"):
         renderer.render(prepared, targets)
+
+
+_KERNEL_CACHE_SCRIPT = r"""
+import json, sys
+import numpy as np
+from moda_hub.render import WarpRenderer, jit
+ref = np.load(sys.argv[1])
+renderer = WarpRenderer(output_size=128)
+prepared = renderer.prepare(np.full((256, 256, 3), 128, np.uint8), ref)
+moved = ref.copy()
+moved[14, 1] += 6                                     # open the lips: the inner-mouth kernel runs too
+renderer.render(prepared, np.stack([ref, moved]))
+stats = {}
+for kernel in jit._all:
+    if kernel._fn is not None and kernel._fn.signatures:
+        s = kernel._fn.stats
+        stats[kernel.__doc__ or repr(kernel._builder)] = [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
+print(json.dumps(stats))
+"""
+
+
+def test_compiled_kernels_load_from_numbas_disk_cache_in_a_new_process(astronaut, tmp_path):
+    """A kernel that numba cannot key in its cache compiles again in every process: seconds of
+    CPU at the first frame and tens of MB of peak memory. Two fresh processes render: the second
+    must find every kernel it used on disk."""
+    import json
+    import subprocess
+    import sys
+    image, ref = astronaut
+    scale = 256 / max(image.shape[:2])
+    mesh = tmp_path / "mesh.npy"
+    np.save(mesh, (ref * scale).astype(np.float32))
+    script = tmp_path / "render_once.py"
+    script.write_text(_KERNEL_CACHE_SCRIPT)
+    runs = [json.loads(subprocess.run([sys.executable, str(script), str(mesh)], capture_output=True, text=True,
+                                      check=True, timeout=300).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert len(runs[1]) >= 3                       # rasteriser, affines, eyelids (and the mouth when open)
+    recompiled = {name: hm for name, hm in runs[1].items() if hm[1] > 0}
+    assert not recompiled, f"compiled again instead of loaded from the cache: {recompiled}"
