@@ -45,20 +45,29 @@ PHONE_SEGMENT_SECONDS = 30.0
 #: (``moda_hub.phone_worker``) the second and every later one, ahead of need. (Measured on the
 #: 12 dev clips, cutting 6-14 s clips in two leaves the mean lip-sync r as it was: 0.368 vs 0.367.)
 PHONE_FIRST_SEGMENT_SECONDS = 6.0
+#: ... and the second (the phone worker's first) at most this long. Stage 1's first chunk reads a
+#: 10 s window, so it waits for the phones of about the first 11 s: with a second segment of up to
+#: 30 s it waited for the worker to recognise all of it (first streamed frames of a 60 s clip after
+#: ~1.3 s); 12 s still reaches past 11 s wherever the cuts fall (the first ends after 4 s, the
+#: second spans at least 8 s) and takes the worker about as long as the calling process's 6 s.
+#: Clips up to ~16 s are cut exactly as before.
+PHONE_SECOND_SEGMENT_SECONDS = 12.0
 _CUT_STEP_SECONDS = 0.1          # segment borders fall on multiples of this (whole frames at 25/30 fps)
 
 
 def phone_segments(wav: np.ndarray, sample_rate: int, max_seconds: float = PHONE_SEGMENT_SECONDS,
-                   first_seconds: float = PHONE_FIRST_SEGMENT_SECONDS):
+                   first_seconds: float = PHONE_FIRST_SEGMENT_SECONDS,
+                   second_seconds: float = PHONE_SECOND_SEGMENT_SECONDS):
     """Sample ranges [(a, b), ...] covering ``wav`` in order: the first at most
-    ``min(first_seconds, max_seconds)`` long, the rest at most ``max_seconds``; one range when the
-    clip is that short. Borders are multiples of 0.1 s, placed at the quietest 0.1 s in the last
-    third of each segment (a pause, where recognition loses no context)."""
+    ``min(first_seconds, max_seconds)`` long, the second at most ``min(second_seconds,
+    max_seconds)``, the rest at most ``max_seconds``; one range when the clip is that short.
+    Borders are multiples of 0.1 s, placed at the quietest 0.1 s in the last third of each
+    segment (a pause, where recognition loses no context)."""
     n = len(wav)
     step = int(round(_CUT_STEP_SECONDS * sample_rate))
     out, a = [], 0
     while True:
-        seconds = max_seconds if out else min(first_seconds, max_seconds)
+        seconds = min((first_seconds, second_seconds)[len(out)] if len(out) < 2 else max_seconds, max_seconds)
         longest = max(step, int(seconds * sample_rate) // step * step)
         if n - a <= longest:
             break

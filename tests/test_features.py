@@ -2,7 +2,9 @@
 long speech is recognised segment by segment, cut in pauses, only as far as asked."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +41,25 @@ def test_segments_cover_the_clip_are_short_and_cut_at_the_quietest_tenth_of_a_se
         lo = a + (2 * (2 * SR) // 3) // (SR // 10) * (SR // 10)
         blocks = speech[lo:a + 2 * SR].reshape(-1, SR // 10)
         assert np.isclose((speech[b - SR // 10:b] ** 2).mean(), (blocks ** 2).mean(1).min())
+
+
+def test_the_first_two_segments_reach_past_stage_1s_first_window_and_chunk():
+    """Stage 1's first chunk (32 frames) reads a 10 s window: its phones are the first two
+    segments' (this process's and the phone worker's, recognised at the same time), never a
+    third; later segments are up to 30 s. Clips up to 16 s are cut as with one 30 s rest."""
+    rng = np.random.default_rng(3)
+    envelope = np.repeat(rng.uniform(0.05, 1.0, 900), SR // 10)            # 90 s of uneven loudness
+    wav = (rng.standard_normal(len(envelope)) * envelope * 0.1).astype(np.float32)
+    config = json.loads((Path(__file__).resolve().parents[1] / "pretrained" / "moda-base" / "moda" / "config.json").read_text())
+    window_s = config["window"] / config["fps"]
+    for start in range(0, 60 * SR, 7 * SR):                                # different cut positions
+        segments = phone_segments(wav[start:], SR)
+        assert segments[1][1] >= (window_s + 32 / 30.0) * SR
+        assert segments[1][1] - segments[1][0] <= 12 * SR      # short: ready about when the first is
+        assert [b - a <= 30 * SR for a, b in segments] == [True] * len(segments)
+        assert any(b - a > 12 * SR for a, b in segments[2:])
+    short = wav[:16 * SR]
+    assert phone_segments(short, SR) == phone_segments(short, SR, second_seconds=30.0)
 
 
 def test_phones_are_recognised_only_as_far_as_asked(speech, monkeypatch):
