@@ -215,7 +215,6 @@ def test_features_of_long_speech_need_memory_for_the_result_not_for_a_copy_of_th
     padded copy of the whole clip, no big blocks (numpy's allocations are traced)."""
     import tracemalloc
     wav = np.random.default_rng(1).standard_normal(120 * SR).astype(np.float32) * 0.1   # 7.7 MB
-    edge = audio_features(wav[:SR], SR, fps=30)          # the first second, computed alone
     tracemalloc.start()
     try:
         feats = audio_features(wav, SR, fps=30)
@@ -224,9 +223,9 @@ def test_features_of_long_speech_need_memory_for_the_result_not_for_a_copy_of_th
         tracemalloc.stop()
     assert peak < 4 * feats.nbytes + 6_000_000, f"{peak / 1e6:.1f} MB traced for {wav.nbytes / 1e6:.1f} MB of audio"
     # the blocks join without a seam: the first frames are the same windows, before normalisation
-    raw_first = audio_features(wav[:SR], SR, fps=30, normalize=False)
+    raw_first = audio_features(wav[:SR], SR, fps=30, normalize=False)     # the first second alone
     raw_long = audio_features(wav, SR, fps=30, normalize=False)
-    assert edge.shape == (30, 80)
+    assert raw_first.shape == (30, 80)
     np.testing.assert_array_equal(raw_long[:29], raw_first[:29])  # (frame 29's window reaches past 1 s)
 
 

@@ -346,9 +346,9 @@ def test_rasteriser_writes_each_covered_pixel_its_triangles_affine_map():
 
 
 def test_rasteriser_covers_exactly_the_samples_the_per_sample_edge_test_covers():
-    """The kernel solves each row's covered run from the edge equations; it must cover the same
-    samples as testing every sample centre in its box against the three edges (within tol), for any
-    triangles: slivers, either orientation, partly off the grid, on a stride-2 grid."""
+    """The kernel covers exactly the samples whose centre lies in the triangle's box and within
+    tol of its three edges, for any triangles: slivers, either orientation, partly off the grid,
+    on a stride-2 grid (the definition written out in numpy, one triangle at a time)."""
     from moda_hub.render.raster import affine_maps
     rng = np.random.default_rng(0)
     n = 400
