@@ -8,7 +8,8 @@ Measures (all on landmarks, no rendering):
    (frames without a face are NaN and left out). Prediction: the same measure on the landmarks
    the pipeline generates from the clip's *first frame* and the clip's audio at 25 fps.
    Scores per clip: Pearson r at lag 0, best r within +-``max_lag`` frames (and that lag), and
-   both again against the ground truth lightly smoothed (Gaussian, sigma 1 frame). Two naive
+   both again against the ground truth lightly smoothed (Gaussian, sigma 1 frame), and how far the
+   generated mouth moves next to the real one (:func:`movement_depth`: r ignores scale). Two naive
    baselines run next to the model, needing no model: the audio RMS envelope
    (``moda_hub.audio.rms_envelope``) and recognised phones through a plain viseme-opening table
    (:func:`moda_hub.phones.phone_opening_curve`).
@@ -45,7 +46,7 @@ import numpy as np
 from moda_hub.face.topology import eye_openness, mouth_aperture
 
 __all__ = ["EVAL_FPS", "pearson", "pearson_best_lag", "smooth_nan", "lipsync_scores",
-           "real_mouth_aperture", "load_pipeline", "evaluate_real_clips", "evaluate_synthetic",
+           "real_mouth_aperture", "movement_depth", "load_pipeline", "evaluate_real_clips", "evaluate_synthetic",
            "evaluate_one_to_many", "evaluate_blinks", "evaluate", "format_table", "main"]
 
 EVAL_FPS = 25                 # frames per second of the eval clips and of generation here
@@ -252,6 +253,7 @@ def evaluate_real_clips(eval_dir: str, pipe=None, cache_dir: Optional[str] = "ou
             try:
                 out = _generate(pipe, first, path, seed)
                 preds["model"] = mouth_aperture(out.landmarks).astype(np.float64)
+                row["model_depth"] = movement_depth(preds["model"], truth)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not end the evaluation
                 row["model_error"] = f"{type(exc).__name__}: {exc}"
         for method, pred in preds.items():
@@ -268,7 +270,21 @@ def evaluate_real_clips(eval_dir: str, pipe=None, cache_dir: Optional[str] = "ou
             1 for r in rows if "model" in r
             and r["model"]["r_best"] > max(r["rms"]["r_best"], r["phones"]["r_best"])))
         result["model_clips"] = int(sum(1 for r in rows if "model" in r))
+        result["model_depth_median"] = float(np.median([r["model_depth"] for r in rows if "model_depth" in r]))
     return result
+
+
+def movement_depth(pred: np.ndarray, truth: np.ndarray) -> float:
+    """How far the generated mouth moves next to the real one: ``(p90 - p10)`` of the predicted
+    (T,) aperture over ``(p90 - p10)`` of the real (T,) aperture (NaN frames left out).
+
+    Pearson r ignores scale, so a model could score well with a mouth that barely moves; this is
+    the check on that (1 = as much as the real speaker; both in outer-eye-corner units)."""
+    n = min(len(pred), len(truth))
+    keep = np.isfinite(truth[:n])
+    t, p = truth[:n][keep], pred[:n][keep]
+    spread = float(np.subtract(*np.percentile(t, [90, 10])))
+    return float(np.subtract(*np.percentile(p, [90, 10]))) / max(spread, 1e-9)
 
 
 def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[int] = None,
@@ -490,6 +506,8 @@ def format_table(report: Dict) -> str:
         if "model_beats_both" in real:
             lines.append(f"clips where the model beats both baselines (best-lag r): "
                          f"{real['model_beats_both']}/{real['model_clips']}")
+            lines.append(f"mouth movement depth, model / real (p90 - p10 of the aperture), median over "
+                         f"clips: {real['model_depth_median']:.2f}")
         lines.append(f"phone recognition: {real['phones_rtf']:.3f} x real time")
     elif real:
         lines.append(f"Real-speech lip-sync: skipped ({real.get('skipped')})")

@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Measured on the idle 2-core CPU (2026-12-02): corpus 6.0 min (2 h of speech), composer 1750 steps
-(1.5 min), MODA 3000 steps (29.7 min): 37.3 min in all (limit 45). Training runs a fixed number of steps, not a time budget, so the same
+Measured on the 2-core CPU (2026-12-02): corpus 4.9 min (2 h of speech), composer 1750 steps
+(1.3 min), MODA 3000 steps (19.3 min): 25.4 min in all (limit 45; an earlier build took 37.3). Training runs a fixed number of steps, not a time budget, so the same
 command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
 for quick looks; a capped build is not the documented one).
 Stage 1's lips hear the pocketsphinx viseme stream, a loudness column and five coarse band

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from moda_hub.evaluation import evaluate, lipsync_scores, pearson, pearson_best_lag, smooth_nan
+from moda_hub.evaluation import (evaluate, lipsync_scores, movement_depth, pearson, pearson_best_lag,
+                                 smooth_nan)
 from moda_hub.phones import (PHONES, VISEME_CLASSES, VISEME_OPENING, align_phones, phone_opening,
                              phone_opening_curve, phone_viseme_features, recognize_phones)
 
@@ -61,6 +62,17 @@ def test_smoothing_keeps_nan_frames_and_lipsync_scores_report_lags():
 
 
 # ----------------------------------------------------------------------------- visemes
+
+def test_movement_depth_measures_what_pearson_r_cannot_see():
+    t = np.arange(200) / 25.0
+    truth = 0.05 + 0.04 * np.sin(2 * np.pi * 3 * t)
+    truth[::7] = np.nan                                  # frames without a face are left out
+    damped = 0.2 + 0.01 * np.sin(2 * np.pi * 3 * t)      # same timing, a quarter of the movement
+    assert pearson(truth, damped) > 0.99
+    assert movement_depth(damped, truth) == pytest.approx(0.25, rel=1e-6)
+    assert movement_depth(truth * 2.0, truth) == pytest.approx(2.0, rel=1e-6)
+    assert movement_depth(np.full(210, 0.1), truth) == 0.0   # a longer, still prediction
+
 
 def test_viseme_table_closes_the_mouth_for_bilabials_and_opens_it_for_aa():
     for p in ("B", "M", "P"):

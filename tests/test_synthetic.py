@@ -168,3 +168,32 @@ def test_features_one_row_per_frame(corpus):
         assert np.array_equal(u["dense"][:, topo.EYES], u["eye"][u["dense_frames"]])
         assert isinstance(u["timeline"], list) and u["timeline"][0][1] >= 0.0
     assert json.loads((out / "manifest.json").read_text())["fps"] == FPS
+
+
+def test_pauses_inside_speech_take_the_speakers_style():
+    """Short gaps keep the lips apart, phrase pauses close or breathe, the rest is per speaker."""
+    from moda_hub.data.visemes import BREATH_JAW, ArticulationStyle
+
+    jaw, press = MOUTH_PARAMS.index("jaw_open"), MOUTH_PARAMS.index("lip_press")
+    # "a" (0.2-0.5 s), a 0.1 s gap, "a", a 0.6 s pause, "a"; silence before and after
+    timeline = [("a", 0.2, 0.5), ("a", 0.6, 0.9), ("a", 1.5, 1.8)]
+    T = int(2.4 * FPS)
+    t = (np.arange(T) + 0.5) / FPS
+    gap, pause, lead, tail = (np.abs(t - c) < 0.02 for c in (0.55, 1.2, 0.03, 2.35))
+
+    def curves(**style):
+        return viseme_curves(timeline, T, FPS, style=ArticulationStyle(**style), rng=np.random.default_rng(0))
+
+    plain = curves()                                     # the table: every silence closes
+    assert plain[pause, press].min() > 0.6 and plain[pause, jaw].max() < 0.02
+    assert plain[gap, jaw].max() < 0.5 * plain[:, jaw].max()
+    held = curves(hold_gap=0.3)                          # a 0.1 s gap stays open, the pause closes
+    assert held[gap, press].max() < 0.05 and held[gap, jaw].min() > 0.5 * held[:, jaw].max()
+    assert held[pause, press].min() > 0.6
+    breath = curves(hold_gap=0.3, breath=1.0)            # the pause is an inhalation
+    assert breath[pause, press].max() < 0.05 and breath[pause, jaw].min() > 0.9 * BREATH_JAW[0]
+    for c in (plain, held, breath):                      # before the first / after the last sound
+        assert c[lead, press].min() > 0.6 and c[tail, press].min() > 0.6
+    apart = curves(rest_part=1.0)                        # a speaker whose lips rest apart
+    part = MOUTH_PARAMS.index("lip_part")
+    assert apart[lead, press].max() < 0.05 and apart[lead, part].min() > 0.3

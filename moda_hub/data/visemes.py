@@ -244,18 +244,46 @@ class ArticulationStyle:
     jaw, rounding, spreading: scale the targets of those parameters (hypo- / hyper-
     articulation); jitter: std of a multiplicative per-segment noise on the targets;
     reach: scales every ``tau`` (longer = more coarticulation, smoother motion).
+
+    What the mouth does in the pauses *inside* speech (leading and trailing silence is always
+    the speaker's rest, ``rest_part``). Conversational speakers do not shut the lips at every gap: a short gap
+    keeps the shape of the speech around it, and at phrase pauses they often breathe in
+    through the mouth, jaw dropped and lips apart.
+
+    hold_gap: seconds; an inner pause shorter than this does not close the lips: it takes
+    the mean shape of its two neighbours with a weak dominance (the neighbours' own shapes
+    carry across). breath: probability that a longer inner pause is an inhalation through
+    the mouth (jaw :data:`BREATH_JAW`, lips parted) instead of the closed rest.
+    rest_part: how far apart the lips rest in silence (0 = closed, the table's ``sil``;
+    1 = parted, jaw slightly dropped): many people rest with the lips apart.
+    All three default to 0 (every pause closes, the table's ``sil``).
     """
     jaw: float = 1.0
     rounding: float = 1.0
     spreading: float = 1.0
     jitter: float = 0.0
     reach: float = 1.0
+    hold_gap: float = 0.0
+    breath: float = 0.0
+    rest_part: float = 0.0
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> "ArticulationStyle":
         return cls(jaw=float(rng.uniform(0.75, 1.2)), rounding=float(rng.uniform(0.7, 1.2)),
                    spreading=float(rng.uniform(0.6, 1.2)), jitter=float(rng.uniform(0.03, 0.12)),
-                   reach=float(rng.uniform(0.85, 1.2)))
+                   reach=float(rng.uniform(0.85, 1.2)), hold_gap=float(rng.uniform(*HOLD_GAP_S)),
+                   breath=float(rng.uniform(*BREATH_PROB)),
+                   rest_part=float(rng.uniform(0.1, 0.6)) if rng.random() < REST_PARTED_PROB else 0.0)
+
+
+#: ``ArticulationStyle.random`` ranges: inner pauses shorter than this (s) keep the lips apart ...
+HOLD_GAP_S = (0.12, 0.35)
+#: ... and this share of the longer ones is a mouth inhalation,
+BREATH_PROB = (0.3, 0.8)
+#: with the jaw this open (``jaw_open`` units) and the lips parted by ``lip_part`` 0.5.
+BREATH_JAW = (0.12, 0.4)
+#: Share of speakers whose mouth rests with the lips apart (``rest_part`` > 0).
+REST_PARTED_PROB = 0.5
 
 
 def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
@@ -270,7 +298,8 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
         ``frame_times`` (num_frames,) seconds is given.
     style, rng: speaking style and the generator for its per-segment jitter; both optional
         (default: the table's targets exactly).
-    Values lie in [0, ~1.2]; silence gives the relaxed-closed mouth (jaw 0, press 0.7).
+    Values lie in [0, ~1.2]; silence gives the relaxed-closed mouth (jaw 0, press 0.7), except
+    inner pauses shaped by ``style.hold_gap`` / ``style.breath``.
 
     Example::
 
@@ -297,7 +326,8 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
     if style.jitter > 0 and rng is not None:
         target *= np.exp(rng.normal(0.0, style.jitter, size=target.shape))
     is_sil = np.array([s.viseme == "sil" for s in segs])
-    target[is_sil] = VISEMES["sil"].target          # silence is silence, whatever the style
+    target[is_sil] = _rest_target(style)            # silence is the speaker's rest, whatever the style
+    _inner_pauses(segs, is_sil, target, dom, style, rng)
     target[:, PRESS] = np.clip(target[:, PRESS], 0.0, 1.0)
     start = np.array([s.start for s in segs])
     end = np.array([s.end for s in segs])
@@ -326,7 +356,7 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
         w = np.exp(-np.power(d, DOMINANCE_EXPONENT))[:, None] * dom[k][None, :]
         num[lo[k]:hi[k]] += w * target[k][None, :]
         den[lo[k]:hi[k]] += w
-    rest = np.array(VISEMES["sil"].target)
+    rest = _rest_target(style)
     eps = 1e-6
     curve = (num + eps * rest) / (den + eps)
     # 2. articulator inertia: each parameter low-passed (jaw heaviest, closure fastest)
@@ -337,6 +367,33 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
     for p in range(P_MOUTH):
         out[:, p] = np.interp(t, grid, curve[:, p])
     return out.astype(np.float32)
+
+
+def _rest_target(style: ArticulationStyle) -> np.ndarray:
+    """(P,) the mouth at rest: the table's closed ``sil``, or with ``style.rest_part`` of
+    1 the lips apart (press 0, part 0.4, jaw 0.1), linearly in between."""
+    rest = np.array(VISEMES["sil"].target, np.float64)
+    apart = np.zeros(P_MOUTH)
+    apart[JAW], apart[PART] = 0.1, 0.4
+    return (1.0 - style.rest_part) * rest + style.rest_part * apart
+
+
+def _inner_pauses(segs, is_sil, target, dom, style: ArticulationStyle,
+                  rng: Optional[np.random.Generator]) -> None:
+    """Give the pauses between speech segments their shape (``style.hold_gap``,
+    ``style.breath``), in place on ``target`` / ``dom`` (n, P). Needs ``rng`` for breaths."""
+    n = len(segs)
+    for k in np.flatnonzero(is_sil):
+        if k == 0 or k == n - 1:
+            continue                                  # before the first / after the last sound
+        if segs[k].end - segs[k].start < style.hold_gap:
+            target[k] = 0.5 * (target[k - 1] + target[k + 1])
+            target[k, PRESS] = 0.0
+            dom[k] = 0.05
+        elif rng is not None and style.breath > 0 and rng.random() < style.breath:
+            breath = np.zeros(P_MOUTH)
+            breath[JAW], breath[PART] = rng.uniform(*BREATH_JAW), 0.5
+            target[k] = breath
 
 
 def phoneme_labels(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
