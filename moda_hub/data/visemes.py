@@ -246,9 +246,9 @@ class ArticulationStyle:
     reach: scales every ``tau`` (longer = more coarticulation, smoother motion).
 
     What the mouth does in the pauses *inside* speech (leading and trailing silence is always
-    the speaker's rest, ``rest_part``). Conversational speakers do not shut the lips at every gap: a short gap
-    keeps the shape of the speech around it, and at phrase pauses they often breathe in
-    through the mouth, jaw dropped and lips apart.
+    the speaker's rest, ``rest_part``). Conversational speakers do not shut the lips at every
+    gap: a short gap keeps the shape of the speech around it, and at phrase pauses they often
+    breathe in through the mouth, jaw dropped and lips apart.
 
     hold_gap: seconds; an inner pause shorter than this does not close the lips: it takes
     the mean shape of its two neighbours with a weak dominance (the neighbours' own shapes
@@ -273,7 +273,7 @@ class ArticulationStyle:
                    spreading=float(rng.uniform(0.6, 1.2)), jitter=float(rng.uniform(0.03, 0.12)),
                    reach=float(rng.uniform(0.85, 1.2)), hold_gap=float(rng.uniform(*HOLD_GAP_S)),
                    breath=float(rng.uniform(*BREATH_PROB)),
-                   rest_part=float(rng.uniform(0.1, 0.6)) if rng.random() < REST_PARTED_PROB else 0.0)
+                   rest_part=float(rng.uniform(*REST_PART)) if rng.random() < REST_PARTED_PROB else 0.0)
 
 
 #: ``ArticulationStyle.random`` ranges: inner pauses shorter than this (s) keep the lips apart ...
@@ -282,8 +282,9 @@ HOLD_GAP_S = (0.12, 0.35)
 BREATH_PROB = (0.3, 0.8)
 #: with the jaw this open (``jaw_open`` units) and the lips parted by ``lip_part`` 0.5.
 BREATH_JAW = (0.12, 0.4)
-#: Share of speakers whose mouth rests with the lips apart (``rest_part`` > 0).
+#: Share of speakers whose mouth rests with the lips apart (``rest_part`` > 0), and how far.
 REST_PARTED_PROB = 0.5
+REST_PART = (0.1, 0.6)
 
 
 def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
@@ -298,8 +299,9 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
         ``frame_times`` (num_frames,) seconds is given.
     style, rng: speaking style and the generator for its per-segment jitter; both optional
         (default: the table's targets exactly).
-    Values lie in [0, ~1.2]; silence gives the relaxed-closed mouth (jaw 0, press 0.7), except
-    inner pauses shaped by ``style.hold_gap`` / ``style.breath``.
+    Values lie in [0, ~1.2]; silence gives the speaker's rest (the table's relaxed-closed mouth,
+    jaw 0, press 0.7, unless ``style.rest_part``), except inner pauses shaped by
+    ``style.hold_gap`` / ``style.breath``.
 
     Example::
 
@@ -326,7 +328,8 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
     if style.jitter > 0 and rng is not None:
         target *= np.exp(rng.normal(0.0, style.jitter, size=target.shape))
     is_sil = np.array([s.viseme == "sil" for s in segs])
-    target[is_sil] = _rest_target(style)            # silence is the speaker's rest, whatever the style
+    rest = _rest_target(style)
+    target[is_sil] = rest                           # silence is the speaker's rest, whatever the style
     _inner_pauses(segs, is_sil, target, dom, style, rng)
     target[:, PRESS] = np.clip(target[:, PRESS], 0.0, 1.0)
     start = np.array([s.start for s in segs])
@@ -356,7 +359,6 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
         w = np.exp(-np.power(d, DOMINANCE_EXPONENT))[:, None] * dom[k][None, :]
         num[lo[k]:hi[k]] += w * target[k][None, :]
         den[lo[k]:hi[k]] += w
-    rest = _rest_target(style)
     eps = 1e-6
     curve = (num + eps * rest) / (den + eps)
     # 2. articulator inertia: each parameter low-passed (jaw heaviest, closure fastest)
@@ -373,9 +375,14 @@ def _rest_target(style: ArticulationStyle) -> np.ndarray:
     """(P,) the mouth at rest: the table's closed ``sil``, or with ``style.rest_part`` of
     1 the lips apart (press 0, part 0.4, jaw 0.1), linearly in between."""
     rest = np.array(VISEMES["sil"].target, np.float64)
-    apart = np.zeros(P_MOUTH)
-    apart[JAW], apart[PART] = 0.1, 0.4
-    return (1.0 - style.rest_part) * rest + style.rest_part * apart
+    return (1.0 - style.rest_part) * rest + style.rest_part * _parted(jaw=0.1, part=0.4)
+
+
+def _parted(jaw: float, part: float) -> np.ndarray:
+    """(P,) lips apart, nothing else: ``jaw_open`` and ``lip_part`` set, every other parameter 0."""
+    shape = np.zeros(P_MOUTH)
+    shape[JAW], shape[PART] = jaw, part
+    return shape
 
 
 def _inner_pauses(segs, is_sil, target, dom, style: ArticulationStyle,
@@ -391,9 +398,7 @@ def _inner_pauses(segs, is_sil, target, dom, style: ArticulationStyle,
             target[k, PRESS] = 0.0
             dom[k] = 0.05
         elif rng is not None and style.breath > 0 and rng.random() < style.breath:
-            breath = np.zeros(P_MOUTH)
-            breath[JAW], breath[PART] = rng.uniform(*BREATH_JAW), 0.5
-            target[k] = breath
+            target[k] = _parted(jaw=rng.uniform(*BREATH_JAW), part=0.5)
 
 
 def phoneme_labels(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
