@@ -21,7 +21,7 @@ with a timer around each stage:
 
 - ``face``      image decode + MediaPipe + pose (``prepare_subject``)
 - ``decode``    audio decode (``load_audio``, ffmpeg)
-- ``logmel``    log-mel features; ``phones``: pocketsphinx phone recognition + viseme stream
+- ``logmel``    log-mel features; ``phones``: pocketsphinx phone recognition + phone stream
 - ``stage1``    MODA (``moda.sample_latent`` + ``moda.generate``); ``stage2``: composer + head pose
   (``compose_landmarks``)
 - ``render``    ``renderer.render`` (+ ``render_prepare``)
@@ -228,7 +228,7 @@ def instrument(pipe) -> StageClock:
     clock.wrap(moda_hub.pipeline, "prepare_subject", "face")
     clock.wrap(moda_hub.pipeline, "load_audio", "decode")
     clock.wrap(moda_hub.features, "audio_features", "logmel")
-    clock.wrap(moda_hub.phones, "phone_viseme_features", "phones")      # in this process
+    clock.wrap(moda_hub.phones, "phone_stream", "phones")               # in this process
     clock.wrap(moda_hub.features.FeatureTable, "_worker_rows", "phones")  # waiting for the phone worker
     clock.wrap(pipe.moda, "sample_latent", "stage1")
     clock.wrap(pipe.moda, "generate", "stage1")

@@ -307,6 +307,7 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     import torch
 
     from moda_hub.data.synthetic import load_utterances
+    from moda_hub.features import PHONE_COLUMNS
 
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     fps, model = manifest.get("fps"), pipe.moda
@@ -314,9 +315,10 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
         return {"skipped": f"corpus fps {fps} differs from the model's {model.config.fps}"}
     subjects = np.load(os.path.join(data, "subjects.npz"))["meshes"]
     utts = load_utterances(data, split="val")
-    if model.config.features == "logmel+phones":          # the model's input: log-mel + phone stream
+    n_phone = PHONE_COLUMNS.get(model.config.features, 0)
+    if n_phone:                                              # the model's input: log-mel + phone stream
         for u in utts:
-            u["features"] = np.concatenate([u["features"], u["phones"]], axis=1)
+            u["features"] = np.concatenate([u["features"], u["phones"][:, :n_phone]], axis=1)
     if max_utterances is not None:
         utts = utts[:max_utterances]
     if not utts:

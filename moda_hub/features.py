@@ -7,6 +7,11 @@ the pipeline, the corpus builder and the evaluation all compute them here, so th
 - ``"logmel+phones"``: the 80 log-mel bins, then 13 viseme-class occupancies from
   pocketsphinx's en-us phone recogniser (``moda_hub.phones.phone_viseme_features``) — a
   speaker-robust stream that closes much of the gap between espeak-ng and human voices.
+- ``"logmel+phones+opening"``: the same, then one more phone column: how open the mouth should
+  be for the recognised phone (the plain table of ``moda_hub.phones.VISEME_OPENING``,
+  unsmoothed; ``moda_hub.phones.phone_stream``), which the classes lump together.
+
+The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import numpy as np
 
 from .audio import audio_features
 
-FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93}
+FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93, "logmel+phones+opening": 94}
+#: Width of the phone stream at the end of each kind (the first columns of ``phone_stream``).
+PHONE_COLUMNS = {"logmel": 0, "logmel+phones": 13, "logmel+phones+opening": 14}
 
 
 def feature_dim(kind: str) -> int:
@@ -26,14 +33,14 @@ def feature_dim(kind: str) -> int:
     return FEATURE_KINDS[kind]
 
 
-def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones") -> np.ndarray:
+def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening") -> np.ndarray:
     """(T, feature_dim(kind)) float32 features of mono speech, T = round(len(wav) / sample_rate * fps)."""
     feature_dim(kind)
     mel = audio_features(wav, sample_rate, fps=fps)
     if kind == "logmel":
         return mel
-    from .phones import phone_viseme_features
-    ph = phone_viseme_features(wav, sample_rate, fps)
+    from .phones import phone_stream
+    ph = phone_stream(wav, sample_rate, fps)[:, :PHONE_COLUMNS[kind]]
     return np.concatenate([mel, ph.astype(np.float32)], axis=1)
 
 
@@ -98,10 +105,10 @@ class FeatureTable:
 
     Example:
         >>> table = FeatureTable(wav, 16000, 30)
-        >>> feats = table.upto(300)          # (T, 93) tensor; rows [0, 300) are computed
+        >>> feats = table.upto(300)          # (T, 94) tensor; rows [0, 300) are computed
     """
 
-    def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones"):
+    def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening"):
         import torch
 
         feature_dim(kind)
@@ -130,7 +137,7 @@ class FeatureTable:
 
     def upto(self, stop: int):
         """The (T, F) float32 tensor with at least rows [0, stop) computed."""
-        from .phones import phone_viseme_features
+        from .phones import phone_stream
 
         stop = min(int(stop), self.num_frames)
         while self._ready < stop:
@@ -141,10 +148,11 @@ class FeatureTable:
             f1 = self.num_frames if last else int(round(b / self.sample_rate * self.fps))
             ph = self._worker_rows(k)
             if ph is None:
-                ph = phone_viseme_features(self.wav[a:b], self.sample_rate, self.fps)
-            rows = ph[:f1 - f0]
+                ph = phone_stream(self.wav[a:b], self.sample_rate, self.fps)
+            n_cols = PHONE_COLUMNS[self.kind]
+            rows = ph[:f1 - f0, :n_cols]
             f1 = f0 + len(rows)
-            self._array[f0:f1, -ph.shape[1]:] = rows
+            self._array[f0:f1, -n_cols:] = rows
             self._done += 1
             self._ready = self.num_frames if self._done == len(self._segments) else f1
         return self.tensor

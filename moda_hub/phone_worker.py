@@ -4,7 +4,7 @@ pocketsphinx holds the GIL for the whole decode (measured: a second Python threa
 slower while it decodes, and two decoding threads take as long as one after the other), so a
 thread cannot overlap it with anything. :class:`PhoneWorker` keeps one helper interpreter that
 imports only ``moda_hub.phones`` (numpy, scipy, pocketsphinx: not torch, diffusers or the
-user's ``__main__``) and answers :func:`moda_hub.phones.phone_viseme_features` requests in
+user's ``__main__``) and answers :func:`moda_hub.phones.phone_stream` requests in
 order through two pipes. The same audio gives the same rows in either process (a fresh decoder
 per request, see ``moda_hub.phones._decoder``).
 
@@ -15,7 +15,7 @@ recognise in-process (``moda_hub.features.FeatureTable`` does), so a result neve
 Example:
     >>> worker = shared_worker()                           # None when turned off or unavailable
     >>> future = worker.submit(wav, 16000, 30)             # returns at once
-    >>> future.result()                                    # (T, 13) float32 viseme classes
+    >>> future.result()                                    # (T, 14) float32 phone stream
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ import numpy as np
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 pkg = types.ModuleType("moda_hub"); pkg.__path__ = [sys.argv[1]]; sys.modules["moda_hub"] = pkg
-from moda_hub.phones import phone_viseme_features
+from moda_hub.phones import phone_stream
 REQ, RES = struct.Struct("<QIdQ"), struct.Struct("<QIII")
 inp = sys.stdin.buffer
 def read(n):
@@ -64,7 +64,7 @@ while True:
     except EOFError:
         break
     try:
-        rows = np.ascontiguousarray(phone_viseme_features(wav, sr, fps), "<f4")
+        rows = np.ascontiguousarray(phone_stream(wav, sr, fps), "<f4")
         out.write(RES.pack(rid, 0, rows.shape[0], rows.shape[1])); out.write(rows.tobytes())
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
@@ -78,7 +78,7 @@ class PhoneWorkerError(RuntimeError):
 
 
 class PhoneWorker:
-    """One helper process for :func:`moda_hub.phones.phone_viseme_features`; thread-safe.
+    """One helper process for :func:`moda_hub.phones.phone_stream`; thread-safe.
 
     Requests are answered in submission order. A request whose future was cancelled before the
     helper took it is skipped, so a caller may take work back (``future.cancel()`` returns True)
@@ -111,7 +111,7 @@ class PhoneWorker:
 
     def submit(self, wav: np.ndarray, sample_rate: int, fps: float) -> Future:
         """Queue one clip: ``wav`` (N,) float32 mono at ``sample_rate`` Hz, frames at ``fps``.
-        Returns a Future of the ``(T, 13)`` float32 viseme stream (or PhoneWorkerError)."""
+        Returns a Future of the ``(T, 14)`` float32 phone stream (or PhoneWorkerError)."""
         fut: Future = Future()
         if np.ndim(wav) != 1:                 # the caller's own (in-process) call gives the error
             fut.set_exception(PhoneWorkerError(f"not mono samples: shape {np.shape(wav)}"))

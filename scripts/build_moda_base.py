@@ -2,12 +2,13 @@
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Measured on the 2-core CPU (2026-12-02): corpus 4.9 min (2 h of speech), composer 1750 steps
-(1.3 min), MODA 3000 steps (19.3 min): 25.4 min in all (limit 45; an earlier build took 37.3). Training runs a fixed number of steps, not a time budget, so the same
+Measured on the 2-core CPU (2026-12-02): corpus 3.7 min (2 h of speech), composer 1750 steps
+(0.9 min), MODA 3000 steps (13.8 min): 18.6 min in all (limit 45; earlier builds of the same
+step counts took 25.4 and 37.3: the machine drifts). Training runs a fixed number of steps, not a time budget, so the same
 command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
 for quick looks; a capped build is not the documented one).
-Stage 1's lips hear the pocketsphinx viseme stream, a loudness column and five coarse band
-loudnesses (``--lip-input phones+bands``): the full log-mel spectra of espeak-ng voices do not
+Stage 1's lips hear the pocketsphinx phone stream (13 viseme classes + the phone's table opening,
+``features="logmel+phones+opening"``), a loudness column and five coarse band loudnesses (``--lip-input phones+bands``): the full log-mel spectra of espeak-ng voices do not
 carry over to human voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md);
 phones, loudness and the broad spectral shape (first formant = jaw opening, tilt) do.
 Seeded; the pipeline folder gets model_index.json, one folder per component (config json +

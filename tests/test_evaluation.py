@@ -6,8 +6,9 @@ import pytest
 
 from moda_hub.evaluation import (evaluate, lipsync_scores, movement_depth, pearson, pearson_best_lag,
                                  smooth_nan)
-from moda_hub.phones import (PHONES, VISEME_CLASSES, VISEME_OPENING, align_phones, phone_opening,
-                             phone_opening_curve, phone_viseme_features, recognize_phones)
+from moda_hub.phones import (PHONE_STREAM_COLUMNS, PHONES, VISEME_CLASSES, VISEME_OPENING, align_phones,
+                             phone_opening, phone_opening_curve, phone_stream, phone_viseme_features,
+                             recognize_phones)
 
 VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
 SENTENCE = "Maybe baby Bob will open a map of the park tomorrow morning."
@@ -136,6 +137,21 @@ def test_opening_curve_is_closed_on_bilabials_and_open_on_vowels():
     onehot = phone_viseme_features(wav, 16000, 25, phones=phones)
     assert onehot[7, VISEME_CLASSES.index("bilabial")] == 1.0
     assert onehot[15, VISEME_CLASSES.index("open_vowel")] == 1.0
+
+
+def test_phone_stream_keeps_the_opening_the_classes_lump_together():
+    """AA and AH are one class ("open_vowel"), +SPN+ (unintelligible speech) counts as silence:
+    only the 14th column tells them apart (the stage-1 input of moda-base)."""
+    wav = np.zeros(16000, np.float32)
+    phones = [("SIL", 0.0, 0.2), ("AA", 0.2, 0.4), ("AH", 0.4, 0.6), ("+SPN+", 0.6, 0.8), ("SIL", 0.8, 1.0)]
+    stream = phone_stream(wav, 16000, 25, phones=phones)
+    assert stream.shape == (25, len(PHONE_STREAM_COLUMNS)) == (25, 14) and stream.dtype == np.float32
+    np.testing.assert_array_equal(stream[:, :13], phone_viseme_features(wav, 16000, 25, phones=phones))
+    cls, opening = stream[:, :13].argmax(1), stream[:, 13]
+    assert cls[7] == cls[12] == VISEME_CLASSES.index("open_vowel") and cls[17] == cls[2] == 0
+    assert opening[7] == 1.0 and opening[12] == np.float32(0.7) and opening[17] == np.float32(0.3)
+    assert opening[2] == opening[22] == 0.0
+    np.testing.assert_allclose(opening, phone_opening_curve(wav, 16000, 25, smooth_frames=0, phones=phones))
 
 
 # ----------------------------------------------------------------------------- driver

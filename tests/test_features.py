@@ -12,7 +12,7 @@ import pytest
 from moda_hub import features
 from moda_hub.audio import synthesize_speech
 from moda_hub.features import FeatureTable, phone_segments, speech_features
-from moda_hub.phones import phone_viseme_features
+from moda_hub.phones import phone_stream, phone_viseme_features
 
 SR = 16000
 
@@ -29,6 +29,18 @@ def test_a_clip_of_one_segment_gives_exactly_the_features_of_speech_features(spe
     assert np.array_equal(table.upto(len(table)).numpy(), speech_features(speech, SR, 30))
     assert np.array_equal(FeatureTable(speech, SR, 25, kind="logmel").upto(10).numpy(),
                           speech_features(speech, SR, 25, kind="logmel"))
+
+
+def test_each_kind_ends_in_its_phone_columns_and_older_kinds_are_a_prefix(speech):
+    """Weights trained on "logmel+phones" (93 columns) still get exactly their features: the
+    opening column is appended after the 13 classes, never interleaved."""
+    full = speech_features(speech, SR, 30)                                  # default kind
+    assert full.shape[1] == features.feature_dim("logmel+phones+opening") == 94
+    stream = phone_stream(speech, SR, 30)
+    assert np.array_equal(full[:, -14:], stream) and np.array_equal(full[:, :80], speech_features(speech, SR, 30, "logmel"))
+    old = FeatureTable(speech, SR, 30, kind="logmel+phones").upto(10 ** 6).numpy()
+    assert old.shape[1] == 93 and np.array_equal(old, full[:, :93])
+    assert np.array_equal(stream[:, :13], phone_viseme_features(speech, SR, 30))
 
 
 def test_segments_cover_the_clip_are_short_and_cut_at_the_quietest_tenth_of_a_second(speech):
@@ -71,7 +83,7 @@ def test_phones_are_recognised_only_as_far_as_asked(speech, monkeypatch):
     assert table._done == 1                              # only the first segment was recognised
     full = table.upto(len(table)).numpy()
     assert table._done == len(segments)
-    expected = np.concatenate([phone_viseme_features(speech[a:b], SR, 30) for a, b in segments])
+    expected = np.concatenate([phone_stream(speech[a:b], SR, 30) for a, b in segments])
     assert np.allclose(full[:, -expected.shape[1]:], expected[:len(full)])
     assert np.array_equal(full[:, :80], speech_features(speech, SR, 30)[:, :80])   # log-mel: whole clip
 
@@ -97,8 +109,8 @@ def test_the_phone_worker_recognises_later_segments_with_the_same_rows(long_spee
     alone = FeatureTable(long_speech, SR, 30).upto(10 ** 6).numpy()
     assert np.array_equal(with_worker, alone)
     segments = phone_segments(long_speech, SR)
-    expected = np.concatenate([phone_viseme_features(long_speech[a:b], SR, 30) for a, b in segments])
-    assert np.array_equal(alone[:, -13:], expected[:len(alone)])
+    expected = np.concatenate([phone_stream(long_speech[a:b], SR, 30) for a, b in segments])
+    assert np.array_equal(alone[:, -14:], expected[:len(alone)])
 
 
 def test_a_phone_worker_that_dies_changes_nothing(long_speech, monkeypatch):

@@ -82,7 +82,7 @@ def test_prepare_writes_manifest_split_and_training_arrays(dataset):
     with np.load(data / f"shard_{by_name['talk_a']['shard']:04d}.npz") as z:
         F = len(z["frame_index"])
         assert F == by_name["talk_a"]["face_frames"] >= 85
-        assert z["landmarks"].shape == (F, 478, 3) and z["features"].shape == (F, 80) and z["phones"].shape == (F, 13)
+        assert z["landmarks"].shape == (F, 478, 3) and z["features"].shape == (F, 80) and z["phones"].shape == (F, 14)
         assert z["lip"].shape == (F, 40, 3) and z["head"].shape == (F, 7) and z["torso"].shape == (F, 2)
         assert np.abs(z["head"][0]).max() < 1e-5                                  # relative to the first frame
         assert z["reference_frames"].shape == (1, 320, 320, 3)
@@ -130,7 +130,7 @@ def test_prepared_video_trains_stage_one_readers(dataset):
 
     data, manifest, _ = dataset
     train = MotionCorpus(str(data), "train")
-    assert len(train.utterances) == 3 and train.feature_dim == 93
+    assert len(train.utterances) == 3 and train.feature_dim == 94
     assert all(np.isfinite(u["blink_rate"]) for u in train.utterances)
     dense = DenseFrames(str(data), "val")
     assert len(dense) == manifest["splits"]["val"]["frames"]

@@ -33,9 +33,36 @@ def test_moda_training_is_seeded_and_repeatable(corpus, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert sorted(os.listdir(tmp_path / "a")) == ["config.json", "diffusion_pytorch_model.safetensors"]
     model = ModaModel.from_pretrained(str(tmp_path / "a"))
-    assert model.config.features == "logmel+phones" and model.config.audio_dim == 93
+    assert model.config.features == "logmel+phones+opening" and model.config.audio_dim == 94
+    assert model.config.phone_dim == 14
     assert not torch.allclose(model.lip_std, torch.ones_like(model.lip_std)), "statistics were not stored"
     assert "final" in open(str(tmp_path / "a") + ".log").read()
+
+
+def test_the_corpus_serves_each_feature_kind_and_refuses_one_it_cannot(corpus, tmp_path):
+    """The stored phone stream holds the 13 classes then the opening: "logmel+phones" reads the
+    first 13 (older weights fine-tune on a new corpus); a corpus from before the opening column
+    cannot serve "logmel+phones+opening", and says so instead of training on a shifted column."""
+    import glob
+    import shutil
+
+    from moda_hub.training.corpus import MotionCorpus
+    new = MotionCorpus(corpus, "val")
+    old_kind = MotionCorpus(corpus, "val", "logmel+phones")
+    assert new.feature_dim == 94 and old_kind.feature_dim == 93
+    for u, v in zip(new.utterances, old_kind.utterances):
+        np.testing.assert_array_equal(u["features"][:, :93], v["features"])
+        assert u["features"][:, 93].max() > 0.5                     # the opening: vowels open
+    old = tmp_path / "old-corpus"
+    shutil.copytree(corpus, old)
+    for shard in glob.glob(str(old / "shard_*.npz")):                # as built before the column
+        with np.load(shard) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["phones"] = arrays["phones"][:, :13]
+        np.savez(shard, **arrays)
+    assert MotionCorpus(str(old), "val", "logmel+phones").feature_dim == 93
+    with pytest.raises(ValueError, match="rebuild it"):
+        MotionCorpus(str(old), "val")
 
 
 def test_composer_training_lowers_the_loss_and_reloads(corpus, tmp_path):

@@ -41,8 +41,9 @@ Corpus format (``out_dir``)
     ``frame_offsets[i]:frame_offsets[i + 1]`` of every per-frame array below;
     ``utt_ids`` (U,) str; ``subject`` (U,) int32 (row of ``subjects.npz``);
     ``features`` (F, 80) float16 log-mel of the *augmented* 16 kHz audio, one row per
-    30 fps frame (``F`` = total frames); ``phones`` (F, 13) float16 viseme-class occupancy
-    of the phones pocketsphinx recognises in that audio (``moda_hub.phones``);
+    30 fps frame (``F`` = total frames); ``phones`` (F, 14) float16 phone stream of the phones
+    pocketsphinx recognises in that audio (``moda_hub.phones.phone_stream``: 13 viseme-class
+    occupancies, then the table opening; corpora built before the opening have 13 columns);
     ``lip`` (F, 40, 3) float16 offsets of ``topology.LIPS`` points from the subject mesh,
     canonical units; ``eye`` (F, 60, 3) float16 offsets of ``topology.EYES`` points;
     ``head`` (F, 7) float32 ``[d_pitch, d_yaw, d_roll (deg), d_tx, d_ty, d_tz (canonical),
@@ -198,7 +199,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     """Build utterance ``index`` (deterministic in ``(seed, index)``): a dict of arrays
     (see the module docstring) plus its manifest record under ``"meta"``."""
     from moda_hub.audio import audio_features, frame_times, num_frames
-    from moda_hub.phones import phone_viseme_features
+    from moda_hub.phones import phone_stream
     from moda_hub.data import augment as aug
     from moda_hub.data import motion
     from moda_hub.data.deform import BLINK_L, BLINK_R, BROW, GAZE_X, P_ALL
@@ -224,7 +225,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     # 2. audio features, one row per frame
     T = num_frames(len(wav16), SAMPLE_RATE, FPS)
     feats = audio_features(wav16, SAMPLE_RATE, FPS)
-    phone_feats = phone_viseme_features(wav16, SAMPLE_RATE, FPS)   # recognised, errors included
+    phone_feats = phone_stream(wav16, SAMPLE_RATE, FPS)   # recognised, errors included
     times = frame_times(T, FPS)
     duration = len(wav16) / SAMPLE_RATE
 

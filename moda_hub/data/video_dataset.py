@@ -23,7 +23,7 @@ Per video, in order:
    and trained on (``landmarks``), the raw tracker output is kept beside them (``landmarks_raw``);
 6. torso anchors: the shift of the upper body below the chin relative to the utterance's first
    frame (phase correlation of that image region), canonical units;
-7. speech features (``moda_hub.features``, "logmel+phones") of the 16 kHz audio;
+7. speech features (``moda_hub.features``, "logmel+phones+opening") of the 16 kHz audio;
 8. the face crop of every frame for the renderer: ``crop_size`` square, in the box of the
    utterance's first frame, exactly as the renderers crop a portrait (that frame is the
    utterance's portrait: the renderer is trained to animate it, as it will be at inference).
@@ -207,7 +207,7 @@ def _split_spans(spans, max_len: int):
 def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name: str,
                   crop_size: int = 256, crop_scale: float = 2.2, crop_shift_y: float = 0.05,
                   min_span_s: float = 1.0, max_clip_s: float = 10.0, smoothing: Dict[str, float] = SMOOTHING,
-                  features: str = "logmel+phones", frame_bar=None) -> dict:
+                  features: str = "logmel+phones+opening", frame_bar=None) -> dict:
     """Process one video into ``shard_{shard:04d}.npz`` and ``frames_{shard:04d}.npy``; returns
     its record (see the module docstring). Raises only when the video cannot be read at all."""
     import cv2
@@ -216,7 +216,7 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     from ..errors import AudioDecodeError
     from ..face.landmarks import FaceTracker
     from ..face.pose import head_offset
-    from ..features import speech_features
+    from ..features import PHONE_COLUMNS, feature_dim, speech_features
     from ..motion import count_blinks
     from ..render.crop import crop_texture, face_crop_box
     from ..video import iter_video_frames
@@ -253,7 +253,7 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
             feats = np.concatenate([feats, np.repeat(feats[-1:], T - len(feats), 0)])
         feats = feats[:T]
     else:
-        feats = np.zeros((T, 93), np.float32)
+        feats = np.zeros((T, feature_dim(features)), np.float32)
     # 4-6. per utterance: smoothing, pose, canonical offsets, torso
     rows: Dict[str, list] = {k: [] for k in ("frame_index", "lip", "eye", "head", "torso", "dense", "landmarks",
                                              "landmarks_raw", "pose")}
@@ -291,7 +291,7 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     tmp = os.path.join(out_dir, f"frames_{shard:04d}.tmp.npy")
     np.save(tmp, crops)
     os.replace(tmp, os.path.join(out_dir, f"frames_{shard:04d}.npy"))
-    ph = feats[:, 80:] if feats.shape[1] > 80 else np.zeros((T, 13), np.float32)
+    ph = feats[:, 80:] if feats.shape[1] > 80 else np.zeros((T, PHONE_COLUMNS["logmel+phones+opening"]), np.float32)
     fi = cat["frame_index"].astype(np.int64) if F else np.zeros(0, np.int64)
     arrays = dict(
         frame_offsets=np.asarray(offsets, np.int64), utt_ids=np.array([u["id"] for u in utts]),

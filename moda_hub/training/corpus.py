@@ -48,13 +48,19 @@ def blink_rate_of(params: np.ndarray, fps: float) -> float:
 class MotionCorpus:
     """Stage-1 utterances of one split.
 
-    features: "logmel" or "logmel+phones" (``moda_hub.features``).
+    features: a ``moda_hub.features.FEATURE_KINDS`` kind: the log-mel rows, then the first
+    ``PHONE_COLUMNS[features]`` columns of the stored phone stream (a corpus built before the
+    opening column has 13: it serves "logmel" and "logmel+phones" only).
     utterances: list of dicts with "features" (T, F) float32, "lip" (T, 40, 3), "eye" (T, 60, 3),
     "head" (T, 7), "torso" (T, 2) float32 (contract units), "subject" int, "blink_rate" (per minute).
     subjects: (S, 478, 3) canonical meshes.
     """
 
-    def __init__(self, data_dir: str, split: str, features: str = "logmel+phones"):
+    def __init__(self, data_dir: str, split: str, features: str = "logmel+phones+opening"):
+        from moda_hub.features import PHONE_COLUMNS, feature_dim
+
+        feature_dim(features)
+        n_phone = PHONE_COLUMNS[features]
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text()) \
             if (Path(data_dir) / "manifest.json").exists() else {}
         self.feature_kind = features
@@ -69,8 +75,13 @@ class MotionCorpus:
                 i = m["index"]
                 a, b = int(fo[i]), int(fo[i + 1])
                 u = {k: d[k][a:b].astype(np.float32) for k in ("features", "lip", "eye", "head", "torso")}
-                if features == "logmel+phones":       # the speaker-robust phone stream
-                    u["features"] = np.concatenate([u["features"], d["phones"][a:b].astype(np.float32)], 1)
+                if n_phone:                           # the speaker-robust phone stream
+                    if d["phones"].shape[1] < n_phone:
+                        raise ValueError(
+                            f"corpus {data_dir!r} stores {d['phones'].shape[1]} phone columns, features="
+                            f"{features!r} needs {n_phone} — rebuild it (moda prepare synthetic) or train "
+                            "with the features it has")
+                    u["features"] = np.concatenate([u["features"], d["phones"][a:b, :n_phone].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
                 # real videos (moda prepare video) record the measured rate; synthetic ones the rig's
                 u["blink_rate"] = float(m["blink_rate"]) if "blink_rate" in m else blink_rate_of(d["params"][a:b], self.fps)

@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..features import PHONE_COLUMNS
 from ..models.moda import ModaModel
 from .corpus import MotionCorpus
 from .runlog import RunLog
@@ -146,7 +147,7 @@ def calibrate_latent_scale(model: ModaModel, corpus: MotionCorpus, candidates=(1
 
 def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
                seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
-               lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones",
+               lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones+opening",
                model_kwargs: Optional[dict] = None, threads: Optional[int] = None) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
 
@@ -166,7 +167,8 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
     train = MotionCorpus(data, "train", features)
     val = MotionCorpus(data, "val", features)
     if not init:
-        model = ModaModel(features=features, audio_dim=train.feature_dim, fps=train.fps, **(model_kwargs or {}))
+        kwargs = {"phone_dim": PHONE_COLUMNS[features] or 13, **(model_kwargs or {})}
+        model = ModaModel(features=features, audio_dim=train.feature_dim, fps=train.fps, **kwargs)
         model.set_statistics(corpus_statistics(train))
     else:
         widened = widen_statistics(model, train)
