@@ -116,6 +116,9 @@ def _add_train(sub):
     p.add_argument("--lip-input", choices=["all", "phones", "phones+energy", "phones+bands"], default=None,
                    help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+bands; "
                         "default all)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="--stage moda: save a moving average of the weights with this decay per step "
+                        "(pretrained/moda-base: 0.998; default: the last step's weights)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: moda/composer all cores over the processes, renderer its CPU default)")
     r = p.add_argument_group("renderer (--stage renderer; defaults depend on CPU/GPU)")
@@ -134,6 +137,11 @@ def _train(args):
     if args.threads is not None and args.threads < 1:
         raise InvalidParameterError(f"--threads {args.threads} — use 1 or more torch threads")
     options = {"threads": args.threads}
+    if args.ema_decay is not None:
+        if args.stage != "moda" or not 0.0 <= args.ema_decay < 1.0:
+            raise InvalidParameterError(f"--ema-decay {args.ema_decay} — give --stage moda a decay in [0, 1), "
+                                        "e.g. 0.998")
+        options["ema_decay"] = args.ema_decay
     if args.lip_input:
         if args.stage != "moda" or args.init:
             raise InvalidParameterError("--lip-input applies to --stage moda trained from scratch (without --init); "

@@ -4,7 +4,8 @@
 
 Measured on the 2-core CPU (2026-12-02): corpus 3.7 min (2 h of speech), composer 1750 steps
 (0.9 min), MODA 3000 steps (13.8 min): 18.6 min in all (limit 45; earlier builds of the same
-step counts took 25.4 and 37.3: the machine drifts). Training runs a fixed number of steps, not a time budget, so the same
+step counts took 25.4 and 37.3: the machine drifts).
+Stage 1 saves the moving average of its weights (``--ema-decay 0.998``), not the last step's. Training runs a fixed number of steps, not a time budget, so the same
 command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
 for quick looks; a capped build is not the documented one).
 Stage 1's lips hear the pocketsphinx phone stream (13 viseme classes + the phone's table opening,
@@ -37,6 +38,8 @@ def main(argv=None):
                     help="also stop each training stage after this many minutes (quick looks only)")
     ap.add_argument("--lip-input", default="phones+bands", choices=("all", "phones", "phones+energy", "phones+bands"),
                     help="what stage 1's lips hear (ModaModel lip_input)")
+    ap.add_argument("--ema-decay", type=float, default=0.998,
+                    help="stage 1 saves a moving average of its weights (see train_moda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
@@ -58,7 +61,7 @@ def main(argv=None):
     train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
                    minutes=args.max_minutes, seed=args.seed)
     train_moda(corpus, os.path.join(args.work, "moda"), steps=args.moda_steps, minutes=args.max_minutes,
-               seed=args.seed, model_kwargs={"lip_input": args.lip_input})
+               seed=args.seed, model_kwargs={"lip_input": args.lip_input}, ema_decay=args.ema_decay)
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
                         renderer=WarpRenderer())
@@ -68,7 +71,7 @@ def main(argv=None):
     pipe.save_pretrained(args.out, model_card=card)
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
                "hours": args.hours, "seed": args.seed,
-               "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "lip_input": args.lip_input, "torch": torch.__version__}
+               "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "lip_input": args.lip_input, "ema_decay": args.ema_decay, "torch": torch.__version__}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:
             summary[stage] = json.load(f)

@@ -39,6 +39,21 @@ def test_moda_training_is_seeded_and_repeatable(corpus, tmp_path):
     assert "final" in open(str(tmp_path / "a") + ".log").read()
 
 
+def test_ema_saves_an_average_of_the_weights_and_decay_zero_the_last_steps(corpus, tmp_path):
+    from moda_hub.training.train_moda import train_moda
+    kw = dict(steps=4, seed=5, batch_size=2, window=60, log_every=1, model_kwargs=dict(dim=32, n_layers=1))
+    train_moda(corpus, str(tmp_path / "last"), **kw)
+    train_moda(corpus, str(tmp_path / "zero"), ema_decay=0.0, **kw)
+    train_moda(corpus, str(tmp_path / "ema"), ema_decay=0.9, **kw)
+    last, zero, ema = (_weights(tmp_path / n) for n in ("last", "zero", "ema"))
+    assert all(torch.equal(last[k], zero[k]) for k in last)            # the same run, nothing averaged
+    moved = [k for k in last if not torch.equal(last[k], ema[k])]
+    assert len(moved) > len(last) // 2, "the averaged weights should differ from the last step's"
+    # the same training trajectory either way: only what is saved differs
+    log = lambda n: [l.split(" t ")[1].split(" ", 1)[1] for l in open(str(tmp_path / n) + ".log") if l.startswith("step ")]
+    assert log("last") and log("last") == log("ema")
+
+
 def test_the_corpus_serves_each_feature_kind_and_refuses_one_it_cannot(corpus, tmp_path):
     """The stored phone stream holds the 13 classes then the opening: "logmel+phones" reads the
     first 13 (older weights fine-tune on a new corpus); a corpus from before the opening column

@@ -10,7 +10,8 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
 
     ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``);
     for "moda", ``lip_input`` ("all" | "phones" | "phones+energy" | "phones+bands", see ``ModaModel``)
-    sets what a model trained from scratch feeds its lips (the shipped recipe: "phones+bands"); ``threads``
+    sets what a model trained from scratch feeds its lips (the shipped recipe: "phones+bands") and
+    ``ema_decay`` whether the saved weights are a moving average (the shipped recipe: 0.998); ``threads``
     (torch CPU threads, None = the trainer's default) goes to every stage."""
     if stage == "renderer":
         from .train_renderer import train_renderer
@@ -20,7 +21,7 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
         lip_input = options.pop("lip_input", None)
         return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
                           model_kwargs={"lip_input": lip_input} if lip_input else None,
-                          threads=options.get("threads"))
+                          threads=options.get("threads"), ema_decay=options.get("ema_decay"))
     if stage == "composer":
         from .train_composer import train_composer
         return train_composer(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
