@@ -158,7 +158,7 @@ class FeatureTable:
         return self.tensor
 
     def _worker_rows(self, k: int):
-        """Segment ``k``'s viseme rows from the worker, or None: not sent there, taken back
+        """Segment ``k``'s phone-stream rows from the worker, or None: not sent there, taken back
         before the worker started it, or failed there."""
         from .phone_worker import PhoneWorkerError
 

@@ -216,8 +216,9 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     from ..errors import AudioDecodeError
     from ..face.landmarks import FaceTracker
     from ..face.pose import head_offset
-    from ..features import PHONE_COLUMNS, feature_dim, speech_features
+    from ..features import feature_dim, speech_features
     from ..motion import count_blinks
+    from ..phones import PHONE_STREAM_COLUMNS
     from ..render.crop import crop_texture, face_crop_box
     from ..video import iter_video_frames
 
@@ -291,7 +292,7 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     tmp = os.path.join(out_dir, f"frames_{shard:04d}.tmp.npy")
     np.save(tmp, crops)
     os.replace(tmp, os.path.join(out_dir, f"frames_{shard:04d}.npy"))
-    ph = feats[:, 80:] if feats.shape[1] > 80 else np.zeros((T, PHONE_COLUMNS["logmel+phones+opening"]), np.float32)
+    ph = feats[:, 80:] if feats.shape[1] > 80 else np.zeros((T, len(PHONE_STREAM_COLUMNS)), np.float32)
     fi = cat["frame_index"].astype(np.int64) if F else np.zeros(0, np.int64)
     arrays = dict(
         frame_offsets=np.asarray(offsets, np.int64), utt_ids=np.array([u["id"] for u in utts]),

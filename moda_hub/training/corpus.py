@@ -69,18 +69,18 @@ class MotionCorpus:
         self.utterances: List[dict] = []
         for d, metas in _shards(data_dir, split):
             fo = d["frame_offsets"]
+            if n_phone and d["phones"].shape[1] < n_phone:      # the speaker-robust phone stream
+                raise ValueError(
+                    f"corpus {data_dir!r} stores {d['phones'].shape[1]} phone columns, features="
+                    f"{features!r} needs {n_phone} — rebuild it (moda prepare synthetic) or train "
+                    "with the features it has")
             for m in metas:
                 if not m.get("has_audio", True):     # a prepared video without sound: renderer only
                     continue
                 i = m["index"]
                 a, b = int(fo[i]), int(fo[i + 1])
                 u = {k: d[k][a:b].astype(np.float32) for k in ("features", "lip", "eye", "head", "torso")}
-                if n_phone:                           # the speaker-robust phone stream
-                    if d["phones"].shape[1] < n_phone:
-                        raise ValueError(
-                            f"corpus {data_dir!r} stores {d['phones'].shape[1]} phone columns, features="
-                            f"{features!r} needs {n_phone} — rebuild it (moda prepare synthetic) or train "
-                            "with the features it has")
+                if n_phone:
                     u["features"] = np.concatenate([u["features"], d["phones"][a:b, :n_phone].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
                 # real videos (moda prepare video) record the measured rate; synthetic ones the rig's

@@ -183,7 +183,8 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model, opt = accelerator.prepare(model, opt)
     start = time.time()
-    ema = None if ema_decay is None else [p.detach().clone() for p in accelerator.unwrap_model(model).parameters()]
+    params = list(accelerator.unwrap_model(model).parameters())
+    ema = None if ema_decay is None else [p.detach().clone() for p in params]
     log = RunLog(out, accelerator.is_main_process)
     if init:
         log.line(f"fine-tuning {init}: normalisation widened on " + ", ".join(
@@ -212,7 +213,7 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
         if ema is not None:
             d = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for e, p in zip(ema, accelerator.unwrap_model(model).parameters()):
+                for e, p in zip(ema, params):
                     e.mul_(d).add_(p.detach(), alpha=1 - d)
         if step % log_every == 0:
             log.line(f"step {step} t {time.time() - start:.0f}s " + " ".join(
@@ -222,7 +223,7 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
         model = accelerator.unwrap_model(model)
         if ema is not None:
             with torch.no_grad():
-                for e, p in zip(ema, model.parameters()):
+                for e, p in zip(ema, params):
                     p.copy_(e)
         metrics = validate(model, val)
         metrics["latent_scale"] = calibrate_latent_scale(model, val)
