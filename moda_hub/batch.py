@@ -27,6 +27,8 @@ temperature         latent scale, 0 = mean motion (default 1)
 voice               espeak-ng voice for ``text`` (default en-us)
 speech_rate         words per minute for ``text`` (default 165)
 face_index          which face, left to right (default: the largest)
+expression_scale    how much of the portrait's own expression is kept: 1 as photographed (default),
+                    0 a neutral mouth and brows, up to 1.5
 ==================  ===========================================================================
 
 Outputs in ``DIR``:
@@ -66,7 +68,7 @@ from .errors import InvalidParameterError, ModaError
 
 MANIFEST_COLUMNS = ("image", "audio", "text", "seed", "fps", "size", "still", "blink_rate",
                     "head_motion_scale", "mouth_scale", "temperature", "voice", "speech_rate",
-                    "face_index")
+                    "face_index", "expression_scale")
 DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
 
@@ -89,6 +91,7 @@ _CONTROLS: Dict[str, tuple] = {
     "blink_rate": ("blink_rate", float), "head_motion_scale": ("head_motion_scale", float),
     "mouth_scale": ("mouth_scale", float), "temperature": ("temperature", float),
     "voice": ("voice", str), "speech_rate": ("speech_rate", int), "face_index": ("face_index", int),
+    "expression_scale": ("expression_scale", float),
 }
 
 

@@ -5,6 +5,7 @@ front-end; the maths lives there.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .audio import load_audio, synthesize_speech
 from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
 from .features import FeatureTable
 from .errors import InvalidParameterError
+from .face.expression import EXPRESSION_SCALE_RANGE, relax_expression
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
 from .models.composer import FacialComposer
@@ -160,7 +162,7 @@ class ModaPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
-                     blink_rate, output_size):
+                     blink_rate, output_size, expression_scale=1.0):
         if audio is None and text is None:
             raise InvalidParameterError("no speech given — pass exactly one of `audio` (a file or samples) "
                                         "or `text` to speak")
@@ -171,7 +173,8 @@ class ModaPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise InvalidParameterError(f"output_type={output_type!r} — use one of {', '.join(OUTPUT_TYPES)}")
         for name, value, hi in (("temperature", temperature, 3.0), ("mouth_scale", mouth_scale, 3.0),
-                                ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0)):
+                                ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0),
+                                ("expression_scale", expression_scale, EXPRESSION_SCALE_RANGE[1])):
             if not isinstance(value, (int, float)) or not np.isfinite(value) or not 0 <= value <= hi:
                 raise InvalidParameterError(f"{name}={value!r} is out of range — use a number from 0 to {hi}")
         if output_size is not None and output_size not in (0, 256, 512):
@@ -182,6 +185,7 @@ class ModaPipeline(DiffusionPipeline):
                 speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
                 mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
                 still: bool = False, fps: int = 30, face_index: Optional[int] = None,
+                expression_scale: float = 1.0,
                 max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS, callback: Optional[Callable[[str, float], None]] = None
                 ) -> _Session:
         """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`."""
@@ -198,6 +202,8 @@ class ModaPipeline(DiffusionPipeline):
         # 2. the portrait: decode, find the face, its pose and canonical mesh
         report("face", 0.1)
         subject = prepare_subject(image, face_index=face_index)
+        if expression_scale != 1.0:            # the portrait's own mouth and brows, relaxed (or stronger)
+            subject = dataclasses.replace(subject, canonical=relax_expression(subject.canonical, expression_scale))
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
@@ -268,7 +274,8 @@ class ModaPipeline(DiffusionPipeline):
             raise InvalidParameterError(f"chunk_frames={chunk_frames!r} — use a positive number of frames")
         self.check_inputs(kwargs.get("audio", audio), text, kwargs.get("fps", 30), "mp4",
                           kwargs.get("temperature", 1.0), kwargs.get("mouth_scale", 1.0),
-                          kwargs.get("head_motion_scale", 1.0), kwargs.get("blink_rate", 17.0), output_size)
+                          kwargs.get("head_motion_scale", 1.0), kwargs.get("blink_rate", 17.0), output_size,
+                          kwargs.get("expression_scale", 1.0))
         if output_path is not None:
             output_path = check_output_path(output_path)     # before any work
         session = self.prepare(image, audio, text, **kwargs)
@@ -309,7 +316,8 @@ class ModaPipeline(DiffusionPipeline):
                  voice: str = "en-us", speech_rate: int = 165, generator: Optional[torch.Generator] = None,
                  temperature: float = 1.0, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
                  blink_rate: float = 17.0, still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-                 output_size: Optional[int] = None, output_type: str = "mp4", output_path: Optional[str] = None,
+                 expression_scale: float = 1.0, output_size: Optional[int] = None, output_type: str = "mp4",
+                 output_path: Optional[str] = None,
                  max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
                  callback: Optional[Callable[[str, float], None]] = None) -> ModaPipelineOutput:
         r"""Animate ``image`` with ``audio`` (or ``text`` spoken by espeak-ng).
@@ -330,6 +338,10 @@ class ModaPipeline(DiffusionPipeline):
             still (bool, default False): keep the head and torso still; blinks and lips kept.
             fps (int, default 30): output frame rate (25 or 30).
             face_index (int, optional): which face, left to right, in a group photo; None = the largest.
+            expression_scale (float, default 1.0, 0 to 1.5): how much of the portrait's own mouth and
+                brow expression the speaking face keeps: 1 as photographed, 0 relaxed towards a neutral
+                mouth and brows around which the speech moves (a broad smile or pout fades), 1.5 stronger
+                (see :mod:`moda_hub.face.expression`).
             output_size (int, optional): 256 or 512 for a square face crop, 0 for the full image
                 pasted back; None uses the renderer's default.
             output_type (str, default "mp4"): "mp4" | "np" | "pil" | "landmarks" (no rendering).
@@ -343,12 +355,12 @@ class ModaPipeline(DiffusionPipeline):
         """
         # 0. inputs
         self.check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
-                          blink_rate, output_size)
+                          blink_rate, output_size, expression_scale)
         report = callback or (lambda stage, fraction: None)
         kwargs = dict(sample_rate=sample_rate, voice=voice, speech_rate=speech_rate, generator=generator,
                       temperature=temperature, mouth_scale=mouth_scale, head_motion_scale=head_motion_scale,
                       blink_rate=blink_rate, still=still, fps=fps, face_index=face_index,
-                      max_audio_seconds=max_audio_seconds, callback=callback)
+                      expression_scale=expression_scale, max_audio_seconds=max_audio_seconds, callback=callback)
         video_path = None
         if output_type == "mp4":
             video_path = output_path or os.path.join("outputs", "moda.mp4")
