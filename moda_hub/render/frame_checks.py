@@ -118,44 +118,49 @@ def face_region(landmarks_px: np.ndarray, hw: tuple[int, int], grow: float = 1.3
     return mask > 0
 
 
-def seam_jump(frames: np.ndarray, photo: np.ndarray, box: Sequence[int], width: int = 2) -> float:
-    """Paste-back seam strength, 0-255 units: along each edge of ``box`` (x0, y0, x1, y1, full-image
-    pixels) that lies inside the photo, the mean |step across the edge| of the frames minus the
-    same in ``photo`` (H, W, 3) uint8 -- both the colour step (means of ``width`` px strips on
-    either side) and the gradient step (the one-pixel difference across the edge); the larger, worst
-    frame and edge. 0 = the boundary cannot be told from the photo; a visible seam is ~3 or more."""
+def seam_jump(frames: np.ndarray, photo: np.ndarray, box: Sequence[float], width: int = 2,
+              reach: int = 24) -> float:
+    """Paste-back seam strength, 0-255 units, for frames (T, H, W, 3) or (H, W, 3) uint8 of the
+    full image and the ``photo`` (H, W, 3) uint8 they were made from.
+
+    ``box`` (x0, y0, x1, y1), full-image pixels: the pasted canvas. Along each of its edges that
+    lies inside the photo, at every line parallel to it up to ``reach`` px either side (a feathered
+    paste-back blends over a band, so a mismatch shows inside the band, not on its border): the
+    mean |step across the line| of the frame minus the same in the photo, both the colour step
+    (means of ``width`` px strips on either side) and the gradient step (the one-pixel difference);
+    the largest, over lines, edges and frames. 0 = the boundary cannot be told from the photo;
+    a visible seam is ~3 or more.
+    """
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
     H, W = photo.shape[:2]
-    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
     w = int(width)
+    # vertical lines (x = const) spanning rows y0..y1, horizontal lines spanning x0..x1
+    xs = [x for e in ((x0,) if x0 > 0 else ()) + ((x1,) if x1 < W else ()) for x in range(e - reach, e + reach + 1)
+          if w <= x <= W - w]
+    ys = [y for e in ((y0,) if y0 > 0 else ()) + ((y1,) if y1 < H else ()) for y in range(e - reach, e + reach + 1)
+          if w <= y <= H - w]
 
-    def steps(img: np.ndarray) -> list:
+    def steps(img: np.ndarray) -> np.ndarray:
         img = img.astype(np.float32)
         out = []
-        # (outside strip, inside strip) for each inner edge, as arrays of boundary positions x 3
-        if x0 > w:
-            out.append((img[y0:y1, x0 - w:x0].mean(axis=1), img[y0:y1, x0:x0 + w].mean(axis=1),
-                        img[y0:y1, x0 - 1], img[y0:y1, x0]))
-        if x1 < W - w:
-            out.append((img[y0:y1, x1:x1 + w].mean(axis=1), img[y0:y1, x1 - w:x1].mean(axis=1),
-                        img[y0:y1, x1], img[y0:y1, x1 - 1]))
-        if y0 > w:
-            out.append((img[y0 - w:y0, x0:x1].mean(axis=0), img[y0:y0 + w, x0:x1].mean(axis=0),
-                        img[y0 - 1, x0:x1], img[y0, x0:x1]))
-        if y1 < H - w:
-            out.append((img[y1:y1 + w, x0:x1].mean(axis=0), img[y1 - w:y1, x0:x1].mean(axis=0),
-                        img[y1, x0:x1], img[y1 - 1, x0:x1]))
-        return [(np.abs(a - b).mean(), np.abs(c - d).mean()) for a, b, c, d in out]
+        for x in xs:
+            out.append((np.abs(img[y0:y1, x - w:x].mean(1) - img[y0:y1, x:x + w].mean(1)).mean(),
+                        np.abs(img[y0:y1, x - 1] - img[y0:y1, x]).mean()))
+        for y in ys:
+            out.append((np.abs(img[y - w:y, x0:x1].mean(0) - img[y:y + w, x0:x1].mean(0)).mean(),
+                        np.abs(img[y - 1, x0:x1] - img[y, x0:x1]).mean()))
+        return np.asarray(out, np.float64).reshape(-1, 2)
 
     ref = steps(photo)
     worst = 0.0
     for f in frames:
-        for (colour, grad), (colour0, grad0) in zip(steps(f), ref):
-            worst = max(worst, colour - colour0, grad - grad0)
-    return float(worst)
+        if len(ref):
+            worst = max(worst, float((steps(f) - ref).max()))
+    return worst
 
 
 def flicker_outside_face(frames: np.ndarray, mask: np.ndarray) -> float:
