@@ -140,10 +140,16 @@ def run_one(pipe, image: np.ndarray, wav: np.ndarray, size: int, seed: int, fps:
     if size == 0:
         b = prepared.box
         seam = fc.seam_jump(frames[::3], subject.image, (b.x0, b.y0, b.x0 + b.width, b.y0 + b.height))
+    # tracked again inside the animated face's canvas (a full group photo has other faces; a
+    # small face in a large frame is below the tracker's reach once the frame is downscaled)
+    b = prepared.box
+    x0, y0, x1, y1 = 0, 0, hw[1], hw[0]
+    if size == 0:
+        x0, y0, x1, y1 = int(b.x0), int(b.y0), int(b.x0) + b.width, int(b.y0) + b.height
     tracked = []
     with FaceTracker() as tracker:
         for f in frames:
-            t = tracker.process(f)
+            t = tracker.process(np.ascontiguousarray(f[y0:y1, x0:x1]))
             tracked.append(np.full((478, 3), np.nan, np.float32) if t is None else t)
     depth = fc.mouth_depth(np.stack(tracked))
     depth_gen = fc.mouth_depth(out.landmarks)

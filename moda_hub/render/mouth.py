@@ -178,8 +178,14 @@ def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
 
 
 def activity(xy: np.ndarray, model: MouthModel) -> float:
-    """How much synthesis a frame gets, 0..1, from its (478, 2) landmarks."""
-    return float(np.clip((inner_gap(xy) - model.ref_gap - model.open_threshold) / model.blend_range, 0.0, 1.0))
+    """How much synthesis a frame gets, 0..1, from its (478, 2) landmarks: the lips parting more
+    than in the portrait -- or, for a portrait showing its teeth, closing more than in it (the
+    lips then cover its teeth instead of squashing them into a thin band)."""
+    gap = inner_gap(xy)
+    opening = (gap - model.ref_gap - model.open_threshold) / model.blend_range
+    if model.portrait is not None:
+        opening = max(opening, (model.ref_gap - gap - model.open_threshold) / model.blend_range)
+    return float(np.clip(opening, 0.0, 1.0))
 
 
 def _smooth_curve(knots_u: np.ndarray, knots_v: np.ndarray, u: np.ndarray) -> np.ndarray:
