@@ -18,7 +18,8 @@ image (required)    portrait file; relative paths are relative to the manifest's
 audio | text        speech file, or text spoken by espeak-ng (exactly one per row)
 seed                generator seed (default 0)
 fps                 25 or 30 (24, 50, 60 also work; default 30)
-size                256 or 512 face crop, 0 = full image pasted back (default: the renderer's)
+size                256 or 512 face crop, 0 = full image pasted back (default: the full image up
+                    to 1 megapixel, else the renderer's 512 crop)
 still               1/true/yes: head and torso still (default false)
 blink_rate          blinks per minute (default 17)
 head_motion_scale   head and torso motion amplitude (default 1)

@@ -24,7 +24,8 @@ def _add_generate(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--size", type=int, default=None, help="256 or 512 face crop, 0 = full image")
+    p.add_argument("--size", type=int, default=None,
+                   help="256 or 512 face crop, 0 = full image (default: full image up to 1 megapixel, else 512)")
     p.add_argument("--mouth-scale", type=float, default=1.0)
     p.add_argument("--head-motion-scale", type=float, default=1.0)
     p.add_argument("--blink-rate", type=float, default=17.0, help="blinks per minute")

@@ -28,6 +28,7 @@ from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
 from .phone_worker import shared_worker
+from .render.crop import default_output_size
 from .video import Mp4Writer, check_output_path
 
 SAMPLE_RATE = 16000
@@ -288,6 +289,8 @@ class ModaPipeline(DiffusionPipeline):
         """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4.
         ``internal``: the chunks' frames stay inside the pipeline (``__call__``), not the user's."""
         report = callback or (lambda stage, fraction: None)
+        if output_size is None:                     # full image for photos up to 1 MP, else the renderer's crop
+            output_size = default_output_size(session.subject.image.shape[:2])
         prepared = self.renderer.prepare(session.subject.image, session.subject.landmarks_px,
                                          output_size=output_size) if render else None
         writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
@@ -343,7 +346,8 @@ class ModaPipeline(DiffusionPipeline):
                 mouth and brows around which the speech moves (a broad smile or pout fades), 1.5 stronger
                 (see :mod:`moda_hub.face.expression`).
             output_size (int, optional): 256 or 512 for a square face crop, 0 for the full image
-                pasted back; None uses the renderer's default.
+                pasted back; None: the full image for photos up to 1 megapixel
+                (``moda_hub.render.crop.FULL_IMAGE_MAX_PIXELS``), else the renderer's default crop (512).
             output_type (str, default "mp4"): "mp4" | "np" | "pil" | "landmarks" (no rendering).
             output_path (str, optional): where the MP4 goes (default "outputs/moda.mp4").
             max_audio_seconds (float or None, default 600): refuse longer speech with

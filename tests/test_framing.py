@@ -194,3 +194,14 @@ def test_flicker_and_mouth_depth():
     lm[:, 263] = (100, 0)
     lm[:, 14, 1] = np.linspace(0, 30, 20)                              # the lips part up to 0.3 IOD
     assert mouth_depth(lm) == pytest.approx(0.9 * 0.3, abs=0.01)
+
+
+def test_default_output_is_the_full_image_up_to_1_megapixel_else_the_512_crop(shipped_pipe, border_photos, speech):
+    small = border_photos["left"]
+    out = shipped_pipe(image=small, audio=(16000, speech), fps=25, output_type="np", still=True,
+                       generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape[1:] == small.shape
+    large = cv2.resize(skimage.data.astronaut(), (1100, 1000), interpolation=cv2.INTER_CUBIC)   # 1.1 MP
+    out = shipped_pipe(image=large, audio=(16000, speech[:4800]), fps=25, output_type="np",
+                       generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape[1:] == (512, 512, 3)

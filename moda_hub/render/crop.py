@@ -14,6 +14,20 @@ import numpy as np
 from moda_hub.errors import InvalidParameterError
 
 
+#: Photos up to this many pixels are animated as the full image by default (``output_size=None``):
+#: the person's own framing and resolution, what LivePortrait's paste-back and SadTalker's "full"
+#: give. Larger photos get the renderer's face crop (512 px), which keeps each frame's cost and
+#: the video's size bounded.
+FULL_IMAGE_MAX_PIXELS = 1_000_000
+
+
+def default_output_size(image_hw: tuple[int, int]) -> int | None:
+    """``output_size`` when the caller gives none: 0 (the full image pasted back) for photos of
+    at most :data:`FULL_IMAGE_MAX_PIXELS`, else None (the renderer's configured crop)."""
+    H, W = image_hw
+    return 0 if H * W <= FULL_IMAGE_MAX_PIXELS else None
+
+
 @dataclass(frozen=True)
 class CropBox:
     """Where the canvas sits in the full portrait.
