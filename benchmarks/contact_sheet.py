@@ -91,8 +91,8 @@ def made_up_portraits() -> dict:
     row = [cv2.resize(p, (int(round(p.shape[1] * h / p.shape[0])), h), interpolation=cv2.INTER_AREA) for p in people]
     for i in (0, 7):               # two smaller faces from the LFW subset, standing in the back
         face = (np.clip(lfw[i], 0, 1) * 255).astype(np.uint8)
-        face = np.repeat(cv2.resize(face, (150, 150), interpolation=cv2.INTER_CUBIC)[..., None], 3, 2)
-        row.append(np.concatenate([face, np.full((h - 150, 150, 3), 90, np.uint8)], 0))
+        face = np.repeat(cv2.resize(face, (110, 110), interpolation=cv2.INTER_CUBIC)[..., None], 3, 2)
+        row.append(np.concatenate([np.full((40, 110, 3), 90, np.uint8), face, np.full((h - 150, 110, 3), 90, np.uint8)], 0))
     out["group photo"] = np.concatenate(row, axis=1)
     # a 3000 px photo: Grace Hopper enlarged
     out["3000 px photo"] = cv2.resize(grace, (2560, 3000), interpolation=cv2.INTER_LANCZOS4)

@@ -178,12 +178,16 @@ def crop_texture(image_rgb: np.ndarray, box: CropBox, pad: int) -> np.ndarray:
 
 #: Blur of the background fill outside the portrait (Gaussian sigma), fraction of the canvas side.
 BACKGROUND_BLUR = 0.02
+#: The fill reaches full blur this many px past the portrait's border (a sharp mirror over a
+#: longer stretch reads as a mirrored copy of the face when the fill is only a few px wide).
+FILL_FADE_PX = 3.0
 
 
 def outside_fill(texture: np.ndarray, inside: tuple[float, float, float, float], blur_px: float) -> np.ndarray:
     """The documented background fill: outside the rectangle ``inside`` (x0, y0, x1, y1), texture
     pixels, the mirrored portrait ``texture`` (h, w, 3) uint8 already holds is blurred (Gaussian,
-    sigma ``blur_px``), fading in over ~2 sigma past the border so no edge or streak shows. The
+    sigma ``blur_px``), fading in over :data:`FILL_FADE_PX` past the border (near the border the
+    blurred mirror has the photo's local colour, so no edge or streak shows). The
     inside is returned untouched (the same array when nothing lies outside)."""
     h, w = texture.shape[:2]
     x0, y0, x1, y1 = inside
@@ -206,7 +210,7 @@ def outside_fill(texture: np.ndarray, inside: tuple[float, float, float, float],
         ys = np.arange(r0, r1, dtype=np.float32) + 0.5
         dx = np.maximum(np.maximum(x0 - xs, xs - x1), 0.0)          # px outside, per column
         dy = np.maximum(np.maximum(y0 - ys, ys - y1), 0.0)
-        a = np.clip(np.maximum(dy[:, None], dx[None, :]) / (2.0 * sigma), 0.0, 1.0)
+        a = np.clip(np.maximum(dy[:, None], dx[None, :]) / FILL_FADE_PX, 0.0, 1.0)
         a = (a * a * (3 - 2 * a))[..., None]
         region = out[r0:r1, c0:c1]
         region[...] = np.clip(region.astype(np.float32) * (1 - a) + blurred * a + 0.5, 0, 255).astype(np.uint8)
