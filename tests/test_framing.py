@@ -101,7 +101,7 @@ def test_crop_box_stays_inside_the_photo_and_holds_the_visible_face():
             if side <= min(H, W) + 1e-6:
                 assert -1e-6 <= box.x0 and box.x0 + side <= W + 1e-6 and -1e-6 <= box.y0 and box.y0 + side <= H + 1e-6
             else:
-                assert side <= face.max() + 1e-6         # only a face wider than the photo is tall reaches out
+                assert side <= face.max() + 1e-6         # only a face longer than the photo's short side reaches out
             vis_lo, vis_hi = np.clip(lm[:468].min(0), 0, [W, H]), np.clip(lm[:468].max(0), 0, [W, H])
             assert box.x0 <= vis_lo[0] + 1e-4 and box.x0 + side >= vis_hi[0] - 1e-4
             assert box.y0 <= vis_lo[1] + 1e-4 and box.y0 + side >= vis_hi[1] - 1e-4

@@ -97,8 +97,9 @@ def face_crop_box(landmarks_px: np.ndarray, image_hw: tuple[int, int], output_si
     output_size > 0 (framing rule, the same for the library, CLI, batch and Space): the square
     stays inside the photo. It is shifted into the photo first; where the photo is too small for
     it, it shrinks to the photo's shorter side (the face then fills more of the frame), but never
-    below the part of the face that is in the photo. Only where even that does not fit (a face
-    wider than a landscape photo is tall) does the square reach outside; that outside is filled
+    below the part of the face that is in the photo. Only where even that does not fit (the face
+    in the photo is longer than the photo's shorter side, e.g. a close-up cut at the forehead and
+    chin) does the square reach outside; that outside is filled
     with the blurred mirror of the photo (:func:`crop_texture`), never with repeated edge pixels.
     The square is resampled to output_size x output_size.
 
