@@ -5,10 +5,12 @@ the speech: stage 1 moves the lips *around the portrait's mouth*. :func:`relax_e
 the subject's canonical mesh (the condition of stages 1 and 2 and the rest shape the motion is
 added to) part of the way towards a neutral mouth and neutral brows:
 
-- neutral mouth: the canonical template's 40 lip points (:mod:`moda_hub.face.template`, the mean
-  of real faces) with the lips brought together (the mean face parts them by 0.07: many of its
-  faces smile), placed at the subject's mouth centre (the mean of the midline lip points 0, 13,
-  14, 17), no wider than the subject's own mouth (a small mouth stays small, a wide smile narrows);
+- neutral mouth: the inner lip line of the canonical template (:mod:`moda_hub.face.template`,
+  the mean of real faces) with the lips brought together (the mean face parts them by 0.07: many
+  of its faces smile), placed at the subject's mouth centre (the mean of the midline lip points
+  0, 13, 14, 17), no wider than the subject's own mouth (a small mouth stays small, a wide smile
+  narrows); each outer lip point moves with its inner partner, so the person's own lip thickness
+  is kept (a smile's thin, stretched lips are not stretched to the template's thickness);
 - neutral brows: the template's brows placed over the subject's eyes (each brow keeps its
   offset from its eye's corners in the template), vertical and depth only (the brows' spacing
   along x is the person's).
@@ -51,7 +53,11 @@ def neutral_offsets(canonical: np.ndarray) -> np.ndarray:
     width = lambda m: abs(m[291, 0] - m[61, 0])           # noqa: E731  outer mouth corners
     k = min(1.0, width(c) / width(t))
     centre_t = t[_MOUTH_CENTRE].mean(0)
-    delta[lips] = (_closed_lips(t) - centre_t) * k + c[_MOUTH_CENTRE].mean(0) - c[lips]
+    target = (_closed_lips(t) - centre_t) * k + c[_MOUTH_CENTRE].mean(0)        # (40, 3), LIPS order
+    pos = {int(v): i for i, v in enumerate(lips)}
+    d_inner = target[[pos[int(v)] for v in topo.LIPS_INNER]] - c[topo.LIPS_INNER]
+    delta[topo.LIPS_INNER] = d_inner
+    delta[topo.LIPS_OUTER] = d_inner      # LIPS_OUTER[i] partners LIPS_INNER[i]: lip thickness kept
     out = _spread(c, lips, delta[lips], LIP_REACH)
     for brow, eye in _BROWS:
         d = np.zeros((len(brow), 3))
