@@ -188,14 +188,14 @@ def outside_fill(texture: np.ndarray, inside: tuple[float, float, float, float],
     """The documented background fill: outside the rectangle ``inside`` (x0, y0, x1, y1), texture
     pixels, the mirrored portrait ``texture`` (h, w, 3) uint8 already holds is blurred (Gaussian,
     sigma ``blur_px``), fading in over :data:`FILL_FADE_PX` past the border (near the border the
-    blurred mirror has the photo's local colour, so no edge or streak shows). The
-    inside is returned untouched (the same array when nothing lies outside)."""
+    blurred mirror has the photo's local colour, so no edge or streak shows). Works in place
+    and returns ``texture``; its inside is left untouched."""
     h, w = texture.shape[:2]
     x0, y0, x1, y1 = inside
     if x0 <= 0 and y0 <= 0 and x1 >= w and y1 >= h:
         return texture
     sigma = max(float(blur_px), 1.0)
-    out = texture.copy()
+    out = texture
     reach = int(np.ceil(3 * sigma)) + 1           # blur context taken from inside the portrait
     # one strip per side that lies (partly) outside: blurred there, blended by distance outside
     strips = [(0, int(np.ceil(y0)), 0, w), (int(np.floor(y1)), h, 0, w),
@@ -205,17 +205,28 @@ def outside_fill(texture: np.ndarray, inside: tuple[float, float, float, float],
         if r1 <= r0 or c1 <= c0:
             continue
         R0, R1, C0, C1 = max(r0 - reach, 0), min(r1 + reach, h), max(c0 - reach, 0), min(c1 + reach, w)
-        blurred = cv2.GaussianBlur(out[R0:R1, C0:C1], (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        blurred = blurred[r0 - R0:r1 - R0, c0 - C0:c1 - C0].astype(np.float32)
+        blurred = np.ascontiguousarray(_wide_blur(out[R0:R1, C0:C1], sigma)[r0 - R0:r1 - R0, c0 - C0:c1 - C0])
         xs = np.arange(c0, c1, dtype=np.float32) + 0.5
         ys = np.arange(r0, r1, dtype=np.float32) + 0.5
         dx = np.maximum(np.maximum(x0 - xs, xs - x1), 0.0)          # px outside, per column
         dy = np.maximum(np.maximum(y0 - ys, ys - y1), 0.0)
-        a = np.clip(np.maximum(dy[:, None], dx[None, :]) / FILL_FADE_PX, 0.0, 1.0)
-        a = (a * a * (3 - 2 * a))[..., None]
-        region = out[r0:r1, c0:c1]
-        region[...] = np.clip(region.astype(np.float32) * (1 - a) + blurred * a + 0.5, 0, 255).astype(np.uint8)
+        a = np.clip(np.maximum(dy[:, None], dx[None, :]) / np.float32(FILL_FADE_PX), 0.0, 1.0)
+        a = np.ascontiguousarray(a * a * (3 - 2 * a), np.float32)
+        out[r0:r1, c0:c1] = cv2.blendLinear(np.ascontiguousarray(out[r0:r1, c0:c1]), blurred, 1 - a, a)
     return out
+
+
+def _wide_blur(region: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of (h, w, 3) uint8 with a large ``sigma`` (px): computed at 1/f resolution
+    (f = sigma / 3, area-averaged) and enlarged bilinearly -- the same soft result as a full-size
+    kernel at a small fraction of the cost (a 3000 px photo's margin: seconds -> milliseconds)."""
+    h, w = region.shape[:2]
+    f = max(1, int(sigma / 3.0))
+    if f == 1 or min(h, w) < 4 * f:
+        return cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    small = cv2.resize(region, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
