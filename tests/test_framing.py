@@ -79,6 +79,8 @@ def check_framing(name: str, size: int, photo: np.ndarray, frames: np.ndarray, r
     diff = np.abs(frames[:, far].astype(np.int16) - expect[far].astype(np.int16))
     if exact_outside and size == 0:
         assert diff.max() == 0, f"{name} full image: pixels away from the face differ from the photo"
+        seam = seam_jump(frames[::4], photo, (box.x0, box.y0, box.x0 + box.width, box.y0 + box.height))
+        assert seam < 3.0, f"{name} full image: paste-back seam {seam:.1f}"
     else:            # bicubic resampling vs this test's bilinear; H.264
         assert diff.mean() < 4.0, f"{name} at {size}: {diff.mean():.2f} from the photo away from the face"
 
