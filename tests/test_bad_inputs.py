@@ -280,6 +280,81 @@ def _right_face(out, kwargs, media, pipe) -> None:
 def _video_written(out, kwargs, media, pipe) -> None:
     from moda_hub.video import read_video_info
     assert out.video_path == kwargs["output_path"] and os.path.isfile(out.video_path)
+    assert not [p for p in Path(out.video_path).parent.iterdir() if p.name.startswith(".moda")]
+    assert read_video_info(out.video_path)["codecs"] == ["h264", "aac"]
+
+
+def _output_is(path: str, audio: bool = False, image: bool = False) -> dict:
+    kwargs = {"output_type": "mp4", "output_path": path}
+    if audio:
+        kwargs["audio"] = path
+    if image:
+        kwargs["image"] = path
+    kwargs["_untouched"] = {path: Path(path).read_bytes()}
+    return kwargs
+
+
+def _hard_link_to_speech(m, t) -> dict:
+    speech = m.wav_file("in.wav", m.speech, SR)
+    link = t / "another_name.mp4"
+    os.link(speech, link)
+    return {"output_type": "mp4", "audio": speech, "output_path": str(link),
+            "_untouched": {speech: Path(speech).read_bytes()}}
+
+
+def _inputs_untouched(out, kwargs, media, pipe) -> None:
+    for path, data in kwargs["_untouched"].items():
+        assert Path(path).read_bytes() == data, f"{path} was changed"
+    assert not [p for p in Path(kwargs["output_path"]).parent.iterdir() if p.name.startswith(".moda")]
+
+
+def _fifo(tmp: Path) -> str:
+    path = tmp / "pipe.mp4"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _device_node(tmp: Path) -> str:
+    """A character device like /dev/null (made with mknod as root, else /dev/null itself)."""
+    import stat as stat_module
+    path = tmp / "null.mp4"
+    try:
+        os.mknod(path, 0o666 | stat_module.S_IFCHR, os.makedev(1, 3))
+        return str(path)
+    except PermissionError:
+        return "/dev/null"
+
+
+def _device_node_untouched(out, kwargs, media, pipe) -> None:
+    import stat as stat_module
+    assert stat_module.S_ISCHR(os.lstat(kwargs["output_path"]).st_mode)
+
+
+def _link_elsewhere(tmp: Path) -> str:
+    (tmp / "elsewhere").mkdir()
+    target = tmp / "elsewhere" / "precious.mp4"
+    target.write_bytes(b"precious")
+    (tmp / "out").mkdir()
+    link = tmp / "out" / "clip.mp4"
+    link.symlink_to(target)
+    return str(link)
+
+
+def _link_target_untouched(out, kwargs, media, pipe) -> None:
+    link = Path(kwargs["output_path"])
+    assert link.is_symlink() and link.resolve().read_bytes() == b"precious"
+
+
+def _existing(tmp: Path, name: str, data) -> str:
+    path = tmp / name
+    path.write_bytes(Path(data).read_bytes() if isinstance(data, str) else data)
+    return str(path)
+
+
+def _video_written_at_the_normalised_path(out, kwargs, media, pipe) -> None:
+    from moda_hub.video import read_video_info
+    normal = os.path.normpath(kwargs["output_path"])
+    assert out.video_path == normal and ".." not in out.video_path
     assert read_video_info(out.video_path)["codecs"] == ["h264", "aac"]
 
 
@@ -433,6 +508,71 @@ CASES = [
     Case("output-under-a-file", lambda m, t: {
         "output_type": "mp4", "output_path": m.raw_file("plain.txt", b"x") + "/out.mp4"},
          OutputPathError, "is a file, not a folder"),
+    # ---- parameters of the wrong type (issue 21): numpy scalars are numbers, strings never are
+    Case("param-numpy-float32-scales", par(temperature=np.float32(1.0), mouth_scale=np.float32(1.0),
+                                           head_motion_scale=np.float64(0.5), blink_rate=np.int64(10)), "valid"),
+    Case("param-numpy-int-fps-and-face-index", par(fps=np.int64(25), face_index=np.int32(0)), "valid"),
+    Case("param-temperature-string", par(temperature="1.0"), InvalidParameterError,
+         r"temperature='1\.0' is a str — pass a number"),
+    Case("param-mouth-scale-bool", par(mouth_scale=True), InvalidParameterError, r"mouth_scale=True is a bool"),
+    Case("param-still-string-no", par(still="no"), InvalidParameterError, r"still='no' is a str — pass True"),
+    Case("param-still-numpy-bool", par(still=np.bool_(True)), "valid"),
+    Case("param-face-index-string", par(face_index="0"), InvalidParameterError,
+         r"face_index='0' is a str — pass a whole number"),
+    Case("param-max-audio-seconds-string", par(max_audio_seconds="600"), InvalidParameterError,
+         r"max_audio_seconds='600'.*str given where a number is expected"),
+    Case("param-max-audio-seconds-zero", par(max_audio_seconds=0), InvalidParameterError,
+         r"max_audio_seconds=0 — pass a positive number"),
+    Case("param-fps-string", par(fps="30"), InvalidParameterError, r"fps='30' is not supported.*str given"),
+    Case("param-output-size-string", par(output_size="0"), InvalidParameterError, r"output_size='0'.*str given"),
+    Case("param-speech-rate-0", txt("Hello.", speech_rate=0), InvalidParameterError,
+         r"speech_rate=0 is out of range — use a whole number of words per minute from 80 to 450"),
+    Case("param-text-not-a-string", txt(12345), InvalidParameterError, r"text is a int — pass the words"),
+    Case("param-generator-int", par(generator=5), InvalidParameterError,
+         r"generator=5 is a int — pass a torch\.Generator, e\.g\. torch\.Generator\(\)\.manual_seed\(5\)"),
+    Case("param-generator-numpy", par(generator=np.random.default_rng(0)), InvalidParameterError,
+         r"is a Generator — pass a torch\.Generator"),
+    Case("param-generator-list-of-one", par(generator=[torch.Generator().manual_seed(0)]), "valid"),
+    Case("param-generator-list-of-two", par(generator=[torch.Generator(), torch.Generator()]),
+         InvalidParameterError, r"generator is a list of 2 — this pipeline makes one video per call"),
+    Case("param-sample-rate-string", aud(lambda m, t: m.speech, sample_rate="16000"), InvalidParameterError,
+         r"sample_rate='16000'"),
+    # ---- outputs that would destroy or mislabel something (issue 21)
+    Case("output-is-the-input-speech", lambda m, t: _output_is(m.wav_file("in.wav", m.speech, SR), audio=True),
+         OutputPathError, r"is an input of this call and would be destroyed", check=_inputs_untouched, within=2.0),
+    Case("output-is-the-input-portrait", lambda m, t: _output_is(m.image_file("face_in.png", m.astronaut_pil()),
+                                                                   image=True),
+         OutputPathError, r"is an input of this call", check=_inputs_untouched, within=2.0),
+    Case("output-is-a-hard-link-to-the-speech", lambda m, t: _hard_link_to_speech(m, t), OutputPathError,
+         r"is an input of this call", check=_inputs_untouched),
+    Case("output-gif-extension", lambda m, t: {"output_type": "mp4", "output_path": str(t / "clip.gif")},
+         OutputPathError, r"ends in '\.gif', but an MP4 video is written — use a path ending in \.mp4"),
+    Case("output-no-extension", lambda m, t: {"output_type": "mp4", "output_path": str(t / "clip")},
+         OutputPathError, r"ends in 'no extension'"),
+    Case("output-a-fifo", lambda m, t: {"output_type": "mp4", "output_path": _fifo(t)}, OutputPathError,
+         r"is a FIFO \(named pipe\), which is never replaced", within=2.0),
+    Case("output-a-device-node", lambda m, t: {"output_type": "mp4", "output_path": _device_node(t)},
+         OutputPathError, r"is a device node, which is never replaced", check=_device_node_untouched, within=2.0),
+    Case("output-a-symlink-into-another-folder", lambda m, t: {"output_type": "mp4",
+                                                               "output_path": _link_elsewhere(t)},
+         OutputPathError, r"symbolic link into another folder", check=_link_target_untouched),
+    Case("output-an-existing-text-file", lambda m, t: {"output_type": "mp4",
+                                                       "output_path": _existing(t, "notes.mp4", b"my notes")},
+         OutputPathError, r"a file that is not an MP4 video is already there.*--overwrite"),
+    Case("output-an-existing-text-file-with-overwrite", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "overwrite": True,
+        "output_path": _existing(t, "notes.mp4", b"my notes")}, "valid", check=_video_written),
+    Case("output-an-existing-video-is-replaced", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": _existing(t, "old.mp4", m.speech_video())},
+         "valid", check=_video_written),
+    Case("output-dot-dot-through-missing-folders", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": str(t / "a" / "b" / ".." / ".." / "c" / "out.mp4")},
+         "valid", check=_video_written_at_the_normalised_path),
+    Case("output-250-character-name", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": str(t / ("n" * 246 + ".mp4"))},
+         "valid", check=_video_written),
+    Case("output-256-character-name", lambda m, t: {"output_type": "mp4", "output_path": str(t / ("n" * 252 + ".mp4"))},
+         OutputPathError, r"file name is 256 bytes, more than the 255 this file system allows", within=2.0),
 ]
 
 
@@ -442,22 +582,25 @@ def test_bad_input_matrix(case: Case, pipe, media, tmp_path):
     kwargs = {"image": media.astronaut, "audio": (SR, media.speech), "output_type": "landmarks",
               "generator": torch.Generator().manual_seed(0)}
     kwargs.update(case.build(media, tmp_path))
+    call = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     start = time.perf_counter()
     try:
         if case.expect == "valid":
-            out = pipe(**kwargs)
+            out = pipe(**call)
             _valid(out, kwargs)
             if case.check is not None:
                 case.check(out, kwargs, media, pipe)
         else:
             assert issubclass(case.expect, ModaError)
             with pytest.raises(case.expect) as info:
-                pipe(**kwargs)
+                pipe(**call)
             message = str(info.value)
             assert "\n" not in message, "messages are one line"
             assert " — " in message, f"the message does not say what to do: {message}"
             if case.match:
                 assert re.search(case.match, message), f"{message!r} does not match {case.match!r}"
+            if case.check is not None:
+                case.check(None, kwargs, media, pipe)
     finally:
         for p in tmp_path.rglob("*"):                 # let pytest remove read-only folders
             if p.is_dir():
