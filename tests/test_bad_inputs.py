@@ -733,7 +733,32 @@ WEIGHT_CASES = {
         (f / "model_index.json").read_text().replace('"ModaPipeline"', '["pipeline", "Evil"]')),
                               r"custom pipeline code is never loaded"),
     "no-such-folder": (lambda f: __import__("shutil").rmtree(f), r"no pipeline folder"),
+    # issue 21: a config asking for a huge model fails from the headers, before anything is built
+    "config-asks-for-a-million-layers": (lambda f: _edit_config(f / "moda/config.json", n_layers=10 ** 6),
+                                         r"asks for a far larger ModaModel than its weights hold"),
+    "config-asks-for-a-huge-width": (lambda f: _edit_config(f / "composer/config.json", hidden=10 ** 7),
+                                     r"asks for a far larger FacialComposer than its weights hold"),
+    "weights-over-the-size-cap": (lambda f: _huge_header(f / WEIGHTS), r"more than moda-hub loads for one component"),
 }
+
+
+def _edit_config(path: Path, **values) -> None:
+    import json
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config))
+
+
+def _huge_header(path: Path) -> None:
+    """A safetensors file whose header declares a 3-billion-value tensor (the data is not there:
+    the size cap must refuse it from the header, before safetensors or torch look at the data)."""
+    import json
+    import struct
+    header = json.dumps({"w": {"dtype": "F32", "shape": [3, 10 ** 9], "data_offsets": [0, 12 * 10 ** 9]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 12 * 10 ** 9)          # sparse: no disk used
 
 
 @pytest.mark.parametrize("name", list(WEIGHT_CASES))
@@ -751,6 +776,23 @@ def test_broken_weights_raise_weights_error_naming_the_file(name, tiny_pipeline,
     message = str(info.value)
     assert re.search(pattern, message), message
     assert "make train" in message and "re-download" in message and "\n" not in message
+
+
+def test_a_config_asking_for_a_million_layers_fails_in_a_second_without_allocating(tiny_pipeline, tmp_path):
+    """Issue 21: it used to build the model layer by layer (2.9 GB and rising at 90 s)."""
+    import shutil
+
+    from moda_hub import ModaPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, folder)
+    _edit_config(folder / "moda/config.json", n_layers=10 ** 6)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match=r"moda/config\.json' asks for a far larger ModaModel"):
+        ModaPipeline.from_pretrained(str(folder))
+    assert time.perf_counter() - start < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
 
 
 def test_intact_tiny_pipeline_loads(tiny_pipeline):
