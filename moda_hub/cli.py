@@ -220,8 +220,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)   # always one line
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:      # helper processes ignore Ctrl-C (own process group): one line, from here
+        resume = " — run the same command again to resume (finished rows are skipped)" \
+            if args.command == "batch" else " — nothing was written"
+        print(f"error: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 

@@ -853,3 +853,112 @@ def test_cli_bad_parameters_are_one_line(args, pattern, capsys, tmp_path, media)
                           capsys)
     assert code == 2 and len(lines) == 1 and pattern in lines[0], lines
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------- command line: outputs (issue 21)
+def _speech_file(media) -> str:
+    return media.wav_file("cli_speech.wav", media.speech, SR)
+
+
+def test_cli_out_dev_null_and_out_the_input_speech_leave_both_untouched_with_one_line(capsys, tmp_path, media):
+    """As root (CI runs as root) --out /dev/null used to replace the system's /dev/null by an MP4, and
+    --out <the speech> overwrote the speech. Both must be refused before any work, in one line."""
+    import stat as stat_module
+    speech = _speech_file(media)
+    before = Path(speech).read_bytes()
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    model = str(tmp_path / "never-loaded")                  # the refusal comes before the weights load
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--out", speech], capsys)
+    assert code == 2 and len(lines) == 1 and "is an input of this call" in lines[0], lines
+    assert Path(speech).read_bytes() == before
+    # a private copy of the device first: only when that is refused is the real /dev/null tried
+    private = _device_node(tmp_path)
+    for node in dict.fromkeys([private, "/dev/null"]):
+        device = os.lstat(node)
+        code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--out", node], capsys)
+        assert code == 2 and len(lines) == 1 and "is a device node, which is never replaced" in lines[0], lines
+        after = os.lstat(node)
+        assert stat_module.S_ISCHR(after.st_mode) and after.st_rdev == device.st_rdev and after.st_ino == device.st_ino
+    assert Path(speech).read_bytes() == before
+    for flag in ("--out", "--landmarks"):           # --overwrite never makes an input or a device writable
+        code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--overwrite",
+                               flag, speech] + (["--out", str(tmp_path / "o.mp4")] if flag == "--landmarks" else []),
+                              capsys)
+        assert code == 2 and len(lines) == 1 and ("is an input" in lines[0] or "ends in '.wav'" in lines[0]), lines
+    assert Path(speech).read_bytes() == before
+
+
+def test_cli_outputs_are_checked_together_before_any_work(capsys, tmp_path, media):
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    model = str(tmp_path / "never-loaded")
+    cases = [(["--out", str(tmp_path / "same.mp4"), "--landmarks", str(tmp_path / "same.mp4")], "ends in '.mp4'"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", str(tmp_path / "lm.json")], "ends in '.json'"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", _fifo(tmp_path)], "is a FIFO"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", _existing(tmp_path, "notes.npz", b"notes")],
+              "a file that is not a landmarks .npz is already there"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", m_read_only := _read_only_dir(tmp_path)[:-4] + ".npz"],
+              "read-only")]
+    try:
+        for args, pattern in cases:
+            code, lines, elapsed = _cli(["generate", "--image", image, "--audio", speech, "--model", model, *args],
+                                        capsys)
+            assert code == 2 and len(lines) == 1 and pattern in lines[0] and elapsed < 5, (args, lines)
+            assert not (tmp_path / "v.mp4").exists()
+    finally:
+        Path(m_read_only).parent.chmod(0o755)
+
+
+@needs_weights
+def test_cli_landmarks_into_a_missing_folder_are_written_with_the_video(capsys, tmp_path, media):
+    """It used to write the video, then fail on the landmarks (exit 1, a ResourceWarning)."""
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    video, marks = tmp_path / "v" / "clip.mp4", tmp_path / "new" / "deeper" / "clip.npz"
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--size", "256", "--out",
+                           str(tmp_path / "v" / ".." / "v" / "clip.mp4"), "--landmarks", str(marks)], capsys)
+    assert code == 0 and lines == [], lines
+    with np.load(marks) as data:
+        assert data["landmarks"].shape[1:] == (478, 3) and float(data["fps"]) == 30
+    assert video.is_file() and sorted(p.name for p in video.parent.iterdir()) == ["clip.mp4"]
+    assert sorted(p.name for p in marks.parent.iterdir()) == ["clip.npz"]
+
+
+@needs_weights
+def test_cli_when_the_landmarks_cannot_be_written_neither_output_appears(capsys, tmp_path, media, monkeypatch):
+    """Written together or not at all: a failure saving the .npz (here: the disk fills) leaves no video."""
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+
+    def disk_full(*args, **kwargs):
+        raise OutputPathError("cannot write the landmarks (No space left on device) — free some space")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--size", "256", "--out",
+                           str(tmp_path / "out" / "clip.mp4"), "--landmarks", str(tmp_path / "out" / "clip.npz")], capsys)
+    assert code == 2 and len(lines) == 1 and "No space left" in lines[0], lines
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").iterdir())
+
+
+def test_cli_speech_rate_0_names_the_flag_and_what_to_do(capsys, tmp_path):
+    code, lines, elapsed = _cli(["generate", "--image", "x.jpg", "--text", "hi", "--speech-rate", "0",
+                                 "--model", str(tmp_path / "never-loaded"), "--out", str(tmp_path / "o.mp4")], capsys)
+    assert code == 2 and lines == ["error: --speech-rate 0 is out of range — use 80 to 450 words per minute "
+                                   "(default 165)"] and elapsed < 5
+
+
+@needs_weights
+def test_ctrl_c_during_generate_text_is_one_line(tmp_path, media):
+    """A terminal's Ctrl-C reaches the whole process group: the espeak-ng and phone helpers used to
+    print their own KeyboardInterrupt tracebacks, interleaved with "error: interrupted"."""
+    from ctrl_c import interrupt_when_helpers_run
+
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    out = tmp_path / "clip.mp4"
+    code, stderr = interrupt_when_helpers_run(
+        [os.environ.get("PYTHON", __import__("sys").executable), "-m", "moda_hub.cli", "generate", "--image", image,
+         "--text", "Hello there, this sentence keeps the portrait talking for a little while longer.",
+         "--out", str(out)], ROOT)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 130 and lines == ["error: interrupted — nothing was written"], stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
