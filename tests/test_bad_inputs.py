@@ -147,6 +147,17 @@ class Media:
                             "-q:v", "8", str(path)], check=True, timeout=120)
         return str(path)
 
+    def big_png(self, side: int) -> str:
+        """A side x side gray PNG (a few hundred KB: it compresses to nothing), made by ffmpeg in its
+        own process."""
+        path = self.path(f"big_{side}.png")
+        if not path.exists():
+            from moda_hub.video import ffmpeg_exe
+            subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                            "-i", f"color=c=gray:s={side}x{side}", "-frames:v", "1", str(path)],
+                           check=True, timeout=120)
+        return str(path)
+
     def jpeg_bytes(self) -> bytes:
         buf = io.BytesIO()
         self.astronaut_pil().save(buf, format="JPEG", quality=90)
@@ -282,6 +293,30 @@ def _video_written(out, kwargs, media, pipe) -> None:
     assert out.video_path == kwargs["output_path"] and os.path.isfile(out.video_path)
     assert not [p for p in Path(out.video_path).parent.iterdir() if p.name.startswith(".moda")]
     assert read_video_info(out.video_path)["codecs"] == ["h264", "aac"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels and holds the first rows only: a decompression
+    bomb is decided from its header, so the rest is never needed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (3 * width + 1) * 4)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _phone_photo(m) -> str:
+    """A 4000 x 3000 (12 MP) PNG with the astronaut's face scaled x2 in it, like a phone photo."""
+    path = m.path("phone_12mp.png")
+    if not path.exists():
+        canvas = Image.new("RGB", (4000, 3000), (96, 110, 120))
+        canvas.paste(m.astronaut_pil().resize((1024, 1024)), (1500, 900))
+        canvas.save(path)
+    return str(path)
 
 
 def _output_is(path: str, audio: bool = False, image: bool = False) -> dict:
@@ -427,6 +462,12 @@ CASES = [
     Case("image-exif-rotated", lambda m, t: {"image": m.exif_rotated(), "audio": (SR, m.speech)}, "valid",
          check=_upright_and_where_the_plain_image_puts_it),
     Case("image-10000x10000-jpeg", img(lambda m, t: m.huge_jpeg()), "valid", check=_huge_image_is_downscaled),
+    Case("image-144-megapixel-png", img(lambda m, t: m.big_png(12000)), ImageDecodeError,
+         r"is 12000 x 12000 pixels \(144 megapixels\), more than the 40 megapixels", within=3.0),
+    Case("image-400-megapixel-png-bomb", img(lambda m, t: m.raw_file("bomb.png", _png_header_only(20000, 20000))),
+         ImageDecodeError,
+         r"too large to decode safely", within=3.0),
+    Case("image-12-megapixel-png-full-size", lambda m, t: {"image": _phone_photo(m), "output_size": 0}, "valid"),
     Case("image-truncated-jpeg", img(lambda m, t: m.raw_file("truncated.jpg", m.jpeg_bytes()[:20000])),
          ImageDecodeError, r"'.*truncated\.jpg' is truncated or corrupt"),
     Case("image-text-named-jpg", img(lambda m, t: m.raw_file("notes.jpg", b"these are notes, not a photo\n" * 50)),
@@ -657,6 +698,17 @@ def test_huge_image_keeps_memory_bounded(pipe, media):
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     assert np.isfinite(out.landmarks).all()
     assert grown < 400, f"peak memory grew by {grown:.0f} MB for a 10000 x 10000 JPEG"
+
+
+@needs_weights
+def test_a_144_megapixel_png_is_refused_from_its_header(pipe, media):
+    """0.5 MB of PNG, 144 megapixels: it used to be decoded (CLI peak 1.6 GB); now the header decides."""
+    path = media.big_png(12000)
+    assert os.path.getsize(path) < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pytest.raises(ImageDecodeError, match="144 megapixels"):
+        pipe(image=path, audio=(SR, media.speech), output_type="landmarks")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 50
 
 
 # ---------------------------------------------------------------------------------- weights
