@@ -34,6 +34,10 @@ OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
 #: Longest speech a call accepts by default, seconds (``max_audio_seconds=None`` lifts it).
 #: Checked before any work (from the file header for audio files).
 MAX_AUDIO_SECONDS = 600.0
+#: Bytes of output frames one chunk may hold. A chunk is rendered, then queued to the encoder
+#: while the next one renders, so about three chunks are in flight: with full-image output of a
+#: 12-megapixel photo (36 MB a frame) that is 2 frames a chunk, not 32 (1.2 GB a chunk).
+CHUNK_BYTES = 80 * 2 ** 20
 #: A clip whose loudest sample is below this (-60 dBFS) is silence: there is nothing for the lips
 #: to follow (its per-utterance normalised features would read as "average speech"), so the
 #: mouth keeps the portrait's shape.
@@ -305,7 +309,8 @@ class ModaPipeline(DiffusionPipeline):
         r"""Yield the video chunk by chunk as soon as each is ready; memory stays flat.
 
         Takes the arguments of :meth:`__call__` (``output_type`` aside). ``chunk_frames``: frames
-        per chunk. ``output_path``: also write the MP4 progressively (finalised after the last
+        per chunk, at most (big full-image frames come in smaller chunks: see :data:`CHUNK_BYTES`).
+        ``output_path``: also write the MP4 progressively (finalised after the last
         chunk; deleted if the stream fails or is abandoned). ``render=False`` yields landmarks
         and motion only (``frames`` is an empty array).
 
@@ -335,6 +340,7 @@ class ModaPipeline(DiffusionPipeline):
         writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
             if output_path else None
         n = session.num_frames
+        chunk_frames = frames_per_chunk(prepared, chunk_frames)     # full-size frames of a big photo: fewer
         try:
             for start in range(0, n, chunk_frames):
                 stop = min(n, start + chunk_frames)
@@ -428,6 +434,16 @@ class ModaPipeline(DiffusionPipeline):
         report("done", 1.0)
         return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
+
+
+def frames_per_chunk(prepared, chunk_frames: int) -> int:
+    """``chunk_frames``, lowered so that one chunk of output frames stays within :data:`CHUNK_BYTES`
+    (at least 1 frame). ``prepared``: the renderer's prepared portrait (its ``output_hw`` gives the
+    frame size; None or unknown keeps ``chunk_frames``). Chunking never changes the frames."""
+    hw = getattr(prepared, "output_hw", None)
+    if not hw:
+        return chunk_frames
+    return max(1, min(int(chunk_frames), CHUNK_BYTES // (3 * int(hw[0]) * int(hw[1]))))
 
 
 def _is_number(value) -> bool:
