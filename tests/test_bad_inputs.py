@@ -711,6 +711,23 @@ def test_a_144_megapixel_png_is_refused_from_its_header(pipe, media):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 50
 
 
+@needs_weights
+def test_full_image_output_of_a_12_megapixel_photo_holds_a_few_frames_at_a_time(pipe, media):
+    """Full-image output of a 4000 x 3000 photo: chunks of at most CHUNK_BYTES of frames (2 frames,
+    not 32 = 1.2 GB), and the process's peak memory grows by far less than one 32-frame chunk."""
+    from moda_hub.pipeline import CHUNK_BYTES
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sizes = []
+    for chunk in pipe.stream(image=_phone_photo(media), audio=(SR, media.speech[:SR // 2]), output_size=0,
+                             chunk_frames=32, generator=torch.Generator().manual_seed(0)):
+        assert chunk.frames.shape[1:] == (3000, 4000, 3)
+        sizes.append(len(chunk.frames))
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    assert sum(sizes) == 15 and max(sizes) == CHUNK_BYTES // (3000 * 4000 * 3) == 2, sizes
+    assert grown < 700, f"peak memory grew by {grown:.0f} MB (one 32-frame chunk alone is 1150 MB)"
+
+
 # ---------------------------------------------------------------------------------- weights
 def _tiny_pipeline(folder: Path) -> Path:
     from moda_hub import FacialComposer, ModaModel, ModaPipeline, WarpRenderer
