@@ -23,6 +23,7 @@ import uuid
 from typing import Iterator
 
 from moda_hub.errors import OutputPathError
+from moda_hub.output_paths import check_output_dir
 
 PREFIX = "req-"
 MARKER = ".moda-request"
@@ -85,6 +86,7 @@ class OutputStore:
     def new_request_dir(self) -> str:
         """Clean up, then create and return a fresh, empty folder for one request."""
         self.cleanup()
+        check_output_dir(self.root)        # the same rules as every output: a folder we can write to
         name = f"{PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         path = os.path.join(self.root, name)
         try:
