@@ -377,7 +377,8 @@ class ModaPipeline(DiffusionPipeline):
             text (str, optional): text spoken by espeak-ng instead of ``audio``.
             sample_rate (int, optional): sample rate of an ``audio`` array (default 16000).
             voice (str, default "en-us"), speech_rate (int, default 165 words/min): for ``text``.
-            generator (torch.Generator, optional): the only source of randomness (blinks, head motion).
+            generator (torch.Generator or a list of one, optional): the only source of randomness (blinks,
+                head motion); anything else (an int, a numpy Generator) is refused by name.
             temperature (float, default 1.0): scale of the sampled latent; 0 gives the mean motion.
             mouth_scale (float, default 1.0): lip motion amplitude.
             head_motion_scale (float, default 1.0): head-pose and torso motion amplitude.
