@@ -573,3 +573,25 @@ def test_a_burst_of_30_requests_with_dropped_clients_ends_cleanly(tmp_path):
             time.sleep(0.5)
         assert not [p.name for p in outputs.iterdir() if p.name.startswith("req-")]
         assert RawClient(url).animate(portrait, "Yes.")[0] == "done"      # still serving
+
+
+def test_the_faces_preview_of_an_upload_that_is_not_an_image_is_a_warning_not_a_crash(tmp_path):
+    import importlib.util
+    import warnings
+
+    from moda_hub.space import OutputStore, SpaceConfig
+
+    spec = importlib.util.spec_from_file_location("moda_space_app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    cfg = SpaceConfig.from_env({}, output_dir=str(tmp_path / "out"))
+    _, _, find_faces, draw_faces = app.make_handlers(None, cfg, OutputStore(cfg.output_dir))
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"not a photo\n" * 50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        faces, preview, _ = find_faces(str(notes), -1)
+    assert faces == [] and preview is None
+    assert any("is not an image file PIL can read" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    faces, preview, _ = find_faces(str(PORTRAIT), -1)
+    assert len(faces) == 1 and preview.ndim == 3 and draw_faces(str(PORTRAIT), faces, 0).shape == preview.shape
