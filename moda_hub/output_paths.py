@@ -304,15 +304,38 @@ class StagedOutputs:
         return tmp
 
     def commit(self) -> None:
+        """Move every staged file into place. Files already at the destinations are first moved
+        aside (same folder, a rename), so when one move fails the others are undone and the old
+        files restored: all outputs change, or none does."""
         for tmp, _ in self._staged:
             if not os.path.isfile(tmp):
                 raise OutputPathError(f"the output {tmp!r} was not written — nothing was saved")
-        for tmp, path in self._staged:
-            try:
+        done: List[tuple] = []                        # (destination, its old file moved aside or None)
+        try:
+            for tmp, path in self._staged:
+                aside = None
+                if os.path.lexists(path):
+                    aside = temporary_name(path, ".old")
+                    os.rename(path, aside)
+                done.append((path, aside))
                 os.replace(tmp, path)
-            except OSError as err:
-                raise OutputPathError(f"cannot write {path!r} ({err.strerror}) — choose another output "
-                                      "path") from None
+        except OSError as err:
+            for path, aside in reversed(done):        # undo: the new file goes, the old one comes back
+                try:
+                    if aside is not None:
+                        os.replace(aside, path)
+                    elif os.path.lexists(path):
+                        os.remove(path)
+                except OSError:
+                    pass
+            raise OutputPathError(f"cannot write {self._staged[len(done) - 1][1]!r} ({err.strerror}) — "
+                                  "nothing was changed; choose another output path") from None
+        for _, aside in done:
+            if aside is not None:
+                try:
+                    os.remove(aside)
+                except OSError:
+                    pass
         self.committed = True
 
     def __exit__(self, exc_type, exc, tb) -> None:

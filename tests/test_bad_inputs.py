@@ -1031,3 +1031,34 @@ def test_ctrl_c_during_generate_text_is_one_line(tmp_path, media):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — nothing was written"], stderr[-3000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_outputs_appear_together_or_the_old_files_stay(tmp_path, monkeypatch):
+    """StagedOutputs: when moving the second output into place fails, the first is undone and the
+    files that were there before come back."""
+    from moda_hub.output_paths import StagedOutputs
+
+    video, marks = tmp_path / "clip.mp4", tmp_path / "sub" / "clip.npz"
+    video.write_bytes(b"old video")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(marks):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    with pytest.raises(OutputPathError, match="nothing was changed"):
+        with StagedOutputs() as staged:
+            Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+            Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+            monkeypatch.setattr(os, "replace", failing_replace)
+            staged.commit()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert video.read_bytes() == b"old video" and not marks.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]      # no temp files, no new folder
+    with StagedOutputs() as staged:
+        Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+        Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+        staged.commit()
+    assert video.read_bytes() == b"new video" and marks.read_bytes() == b"new marks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "sub"]
