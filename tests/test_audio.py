@@ -16,7 +16,7 @@ from moda_hub.audio import (Wav2Vec2Features, audio_features, frame_times, load_
 from moda_hub.errors import (AudioDecodeError, InputTooLongError, InvalidParameterError,
                              TextToSpeechError)
 from moda_hub.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
-from moda_hub.video import ffmpeg_exe
+from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
 
 SR = 16000
 
