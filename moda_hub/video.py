@@ -575,6 +575,11 @@ class Mp4Writer:
             raise OutputPathError(f"cannot write the video to {self.path!r} ({err.strerror}) — "
                                   "choose a folder you can write to") from None
         self._video_tmp = os.path.join(self._state["tmpdir"], "video.mp4")
+        self._open_encoder(h, w)
+
+    def _open_encoder(self, h: int, w: int) -> None:
+        """Open the MP4 muxer on ``self._video_tmp`` with an H.264 and (with audio) an AAC
+        stream."""
         st = self._state
         try:
             container = av.open(self._video_tmp, "w", format="mp4",
