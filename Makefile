@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+TRAIN_STAMP := $(VENV)/.installed-train
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
@@ -27,6 +28,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q -c constraints.txt --no-deps --no-build-isolation -e .
 	@touch $@
 
+# training packages (requirements-train.txt = the Space's + moda-hub[train])
+$(TRAIN_STAMP): $(STAMP) requirements-train.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements-train.txt
+	@touch $@
+
 # test-only packages (requirements-test.txt = the Space's + moda-hub[test])
 $(TEST_STAMP): $(STAMP) requirements-test.txt
 	$(PY) -m pip install -q -c constraints.txt -r requirements-test.txt
@@ -44,7 +50,7 @@ app: $(STAMP)
 	$(PY) app.py
 
 # Rebuild pretrained/moda-base from nothing (synthetic corpus + both stages), <= 45 min on 2 cores.
-train: $(STAMP)
+train: $(TRAIN_STAMP)
 	$(PY) scripts/build_moda_base.py --out pretrained/moda-base
 
 evaluate: $(STAMP)

