@@ -204,38 +204,46 @@ def decode_audio(path: str | os.PathLike, sample_rate: int,
     no duration). Raises ``_ProbeError`` (private) when the file cannot be opened or decoded.
     """
     limit = None if max_seconds is None else int(round(max_seconds * sample_rate))
-    parts, got = [], 0
     with _open(os.fspath(path)) as container:
         if not container.streams.audio:
             raise _ProbeError("no audio track")
         stream = container.streams.audio[0]
+        # one buffer sized from the header (grown if the header was short), filled in place:
+        # the samples are held once, not once in pieces and again joined
+        seconds = container.duration / av.time_base if container.duration else 10.0
+        seconds = min(seconds, max_seconds if max_seconds is not None else 4 * 3600.0)
+        wav = np.empty(int(seconds * sample_rate) + sample_rate, np.float32)
+        got = 0
+
+        def keep(frames) -> None:
+            nonlocal wav, got
+            for out in frames:
+                x = out.to_ndarray().reshape(-1)
+                if got + len(x) > len(wav):
+                    wav = np.resize(wav, max(2 * len(wav), got + len(x)))
+                wav[got:got + len(x)] = x
+                got += len(x)
+
         resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
         try:
             for frame in container.decode(stream):
                 frame.pts = None      # timestamps of damaged or concatenated files are ignored
-                for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray().reshape(-1))
-                    got += len(parts[-1])
+                keep(resampler.resample(frame))
                 if limit is not None and got >= limit:
                     break
             else:
-                for out in resampler.resample(None):
-                    parts.append(out.to_ndarray().reshape(-1))
+                keep(resampler.resample(None))
         except (av.FFmpegError, ValueError) as err:
-            if not parts:
+            if not got:
                 raise _ProbeError(_why(err)) from None
             # a damaged tail: keep what decoded, as the ffmpeg command line does
         # An encoder's last frame is whole (AAC: 1024 samples) even when the track ends inside
         # it; the container's stream duration says where it ends: cut there, as ffmpeg does.
-        end = None
         if stream.duration and stream.time_base and limit is None:
             end = int(round(float(stream.duration * stream.time_base) * sample_rate))
-    if not parts:
-        return np.zeros(0, np.float32)
-    wav = np.concatenate(parts).astype(np.float32, copy=False)
-    if end is not None and end < len(wav) <= end + 2 * 2048 * sample_rate // 8000:
-        wav = wav[:end]
-    return wav
+            if end < got <= end + 2 * 2048 * sample_rate // 8000:
+                got = end
+    return wav[:got].copy() if got < 0.9 * len(wav) else wav[:got]
 
 
 def iter_video_frames(path: str | os.PathLike, fps: float | None = None,
