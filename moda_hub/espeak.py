@@ -92,6 +92,10 @@ _PARAM_RANGE = 4
 _PARAM_WORDGAP = 7
 _EE_OK = 0
 
+#: Seed of espeak-ng's noise generator (breathy and whispering variants), set before every
+#: utterance so that equal inputs give equal samples.
+RAND_SEED = 1
+
 RATE_RANGE = (80, 450)  # words per minute, espeak-ng's accepted range
 PITCH_RANGE = (0, 100)  # espeak-ng's 0..100 pitch scale (50 = voice default)
 
@@ -267,6 +271,9 @@ def _ensure_initialised():
     lib.espeak_Synchronize.restype = ctypes.c_int
     lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+    if hasattr(lib, "espeak_ng_SetRandSeed"):   # 1.52+: its noise generator starts from time()
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
     lib.espeak_GetCurrentVoice.argtypes = []
     lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
     sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
@@ -444,6 +451,10 @@ def _synth_raw(text: str, resolved_voice: str, params: dict, end_pause: bool) ->
                            (_PARAM_VOLUME, "volume")):
             lib.espeak_SetParameter(param, int(params[key]), 0)
         data = text.encode("utf-8")
+        if hasattr(lib, "espeak_ng_SetRandSeed"):
+            # breathy variants (f2, f3, whisper, Alicia ...) mix in noise from espeak's random
+            # generator, which 1.52 seeds from the clock: the same seed for every utterance
+            lib.espeak_ng_SetRandSeed(RAND_SEED)
         _collect = {"chunks": [], "events": []}
         try:
             flags = _CHARS_UTF8 | (_ENDPAUSE if end_pause else 0)
