@@ -597,7 +597,10 @@ class Mp4Writer:
             video = container.add_stream("libx264", rate=rate, options={
                 "crf": str(self.crf), "preset": self.preset})
             video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-            video.codec_context.thread_count = 0   # x264's own frame threads, as ffmpeg's "auto"
+            # x264's own frame threads, as the ffmpeg command line runs it: PyAV's defaults are
+            # "as many threads as CPUs" but slice threads, which x264 parallelises worse
+            video.codec_context.thread_count = 0
+            video.codec_context.thread_type = "AUTO"
             video.codec_context.time_base = 1 / rate
             st.update(video=video, frames=0, fps=float(rate), audio_stream=None)
             if self.audio is not None:

@@ -1,6 +1,7 @@
 """Audio front-end and espeak-ng: decoding, per-frame features, text-to-speech timeline.
 
-Uses the real ffmpeg (imageio-ffmpeg) and the real espeak-ng library; inputs are short.
+Uses the real FFmpeg libraries (PyAV; fixtures made by imageio-ffmpeg's binary) and the real libespeak-ng of
+the espeakng-loader wheel; inputs are short.
 """
 from __future__ import annotations
 
