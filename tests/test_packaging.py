@@ -210,3 +210,35 @@ def test_the_wheel_in_a_fresh_venv_speaks_and_animates_without_system_espeak(tmp
         noise = [ln for ln in proc.stderr.splitlines()
                  if re.match(r"^[IWE]\d{4} |^INFO: |^WARNING: All log messages", ln)]
         assert not noise, noise
+
+
+_NOISY = r"""
+import os, sys, types
+pkg = types.ModuleType("moda_hub"); pkg.__path__ = [os.environ["MODA_PKG"]]
+sys.modules["moda_hub"] = pkg        # this module alone, not the package's torch imports
+from moda_hub.native_logs import filter_native_stderr
+if sys.argv[1:] != ["--verbose"]:
+    filter_native_stderr()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+os.write(2, b"W0000 00:00:1796492564.092279   30626 inference_feedback_manager.cc:114] Feedback manager "
+            b"requires a model with a single signature inference.\n")
+os.write(2, b"I0000 00:00:1796492564.1   30626 gl_context.cc:369] GL version: 2.1\n")
+os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+sys.stderr.write("moda: 10%\rmoda: 100%\n")
+print("error: something a user can act on", file=sys.stderr)
+os.write(2, b"W0000 is not a log line\n")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_native_log_lines_are_dropped_and_everything_else_kept(verbose):
+    proc = subprocess.run([sys.executable, "-c", _NOISY] + (["--verbose"] if verbose else []),
+                          capture_output=True, timeout=60,
+                          env={**os.environ, "MODA_PKG": str(ROOT / "moda_hub")})
+    assert proc.returncode == 0
+    kept = ["moda: 10%\rmoda: 100%", "error: something a user can act on", "W0000 is not a log line"]
+    lines = proc.stderr.decode().rstrip("\n").split("\n")     # "\r" kept: a progress bar
+    if verbose:
+        assert len(lines) == 7 and lines[-3:] == kept
+    else:
+        assert lines == kept
