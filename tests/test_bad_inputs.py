@@ -152,7 +152,7 @@ class Media:
         own process."""
         path = self.path(f"big_{side}.png")
         if not path.exists():
-            from moda_hub.video import ffmpeg_exe
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
                             "-i", f"color=c=gray:s={side}x{side}", "-frames:v", "1", str(path)],
                            check=True, timeout=120)
