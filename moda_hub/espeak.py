@@ -580,7 +580,8 @@ class _Worker:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_BOOT, os.path.dirname(os.path.abspath(__file__))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
+            process_group=0)   # own process group: a terminal's Ctrl-C goes to the parent only
         import time
 
         try:

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from moda_hub.errors import InvalidParameterError, OutputPathError
+from moda_hub.output_paths import temporary_name
 
 __all__ = [
     "Mp4Writer",
@@ -318,43 +319,18 @@ def read_video_frames(path: str | os.PathLike, fps: float | None = None,
 
 # --- writing -------------------------------------------------------------------------------
 def check_output_path(path: str | os.PathLike) -> str:
-    """Check, before any work, that a file can be written at ``path``; return it absolute.
-
-    Missing parent folders are fine (the writer creates them); nothing is created here. The
-    nearest existing parent must be a folder that is writable: by permission (for root too:
-    a folder without any write permission bit counts as read-only) and in fact (a probe file
-    is created and removed at once, which catches read-only file systems).
+    """Check, before any work, that an MP4 can be written at ``path``; return it normalised and
+    absolute. The rules (extension .mp4/.m4v, never a device, FIFO, folder or a link into another
+    folder, a writable folder) are those of :func:`moda_hub.output_paths.check_output_file`; an
+    existing regular file is replaced (callers that must not replace other kinds of file check
+    with ``overwrite=False`` first, as the pipeline does).
 
     Raises:
-        OutputPathError: ``path`` is a folder, a parent is a file, or the folder is read-only.
+        OutputPathError: saying what is wrong and what to do.
     """
-    try:
-        full = os.path.abspath(os.fspath(path))
-    except TypeError:
-        raise OutputPathError(f"output path {path!r} is not a file path — pass e.g. 'out.mp4'") from None
-    if os.path.isdir(full):
-        raise OutputPathError(f"cannot write the video to {full!r}: it is a folder — pass a file "
-                              "path such as 'outputs/moda.mp4'")
-    parent = os.path.dirname(full)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise OutputPathError(f"cannot write the video to {full!r}: {parent!r} is a file, not a "
-                              "folder — choose a folder you can write to")
-    import stat
+    from moda_hub.output_paths import VIDEO, check_output_file
 
-    mode = os.stat(parent).st_mode
-    if not os.access(parent, os.W_OK | os.X_OK) or not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        raise OutputPathError(f"cannot write the video to {full!r}: the folder {parent!r} is "
-                              "read-only — choose a folder you can write to")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".moda-write-check-", dir=parent)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise OutputPathError(f"cannot write the video to {full!r} ({err.strerror}) — choose a "
-                              "folder you can write to") from None
-    return full
+    return check_output_file(path, VIDEO, overwrite=True)
 
 
 def _fraction(fps: float) -> str:
@@ -577,8 +553,8 @@ class Mp4Writer:
         try:
             os.makedirs(folder, exist_ok=True)
             self._state["made_dirs"] = missing
-            self._state["tmpdir"] = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(self.path)}.", suffix=".part", dir=folder)
+            self._state["tmpdir"] = temporary_name(self.path)     # short: any legal file name fits
+            os.mkdir(self._state["tmpdir"])
         except OSError as err:
             raise OutputPathError(f"cannot write the video to {self.path!r} ({err.strerror}) — "
                                   "choose a folder you can write to") from None
