@@ -159,12 +159,14 @@ def _add_evaluate(sub):
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=None, help="synthetic corpus (held-out voices)")
     p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"))
+    p.add_argument("--val-data", default=os.path.join("runs", "moda-base", "real"),
+                   help="prepared real footage (make train): lip-sync on its validation speakers")
     p.add_argument("--out", default="outputs/eval.json")
 
 
 def _evaluate(args):
     from .evaluation import evaluate
-    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out)
+    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out, val_data=args.val_data)
 
 
 def _add_batch(sub):

@@ -18,10 +18,11 @@ from diffusers.utils import BaseOutput
 
 from .audio import load_audio, synthesize_speech
 from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
-from .features import FeatureTable
+from .features import ENCODER_KINDS, FeatureTable
 from .errors import InvalidParameterError
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
+from .models.audio_encoder import WhisperTinyEncoder
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
@@ -95,6 +96,9 @@ class ModaPipeline(DiffusionPipeline):
     r"""Audio-driven portrait animation (MODA, ICCV 2023) with a swappable renderer.
 
     Components:
+        audio_encoder ([`WhisperTinyEncoder`], optional): speech -> 50 Hz states (Whisper tiny's
+            encoder) that stage 1 hears when its ``features`` are ``"whisper-tiny"``; pipelines
+            whose stage 1 hears log-mel + phones have none.
         moda ([`ModaModel`]): stage 1, audio + subject -> lip, eye, head and torso motion.
         composer ([`FacialComposer`]): stage 2, lip + eye motion -> dense 478-point mesh.
         renderer ([`WarpRenderer`] or a trained NeuralRenderer): stage 3, mesh + portrait -> frames.
@@ -109,12 +113,20 @@ class ModaPipeline(DiffusionPipeline):
         'hello.mp4'
     """
 
-    model_cpu_offload_seq = "moda->composer"
+    model_cpu_offload_seq = "audio_encoder->moda->composer"
+    _optional_components = ["audio_encoder"]
 
-    def __init__(self, moda: ModaModel, composer: FacialComposer, renderer):
+    def __init__(self, moda: ModaModel, composer: FacialComposer, renderer,
+                 audio_encoder: Optional[WhisperTinyEncoder] = None):
         super().__init__()
-        self.register_modules(moda=moda, composer=composer, renderer=renderer)
-        if "phones" in getattr(moda.config, "features", ""):
+        features = getattr(moda.config, "features", "")
+        if features in ENCODER_KINDS and audio_encoder is None:
+            from .errors import WeightsError
+
+            raise WeightsError(f"stage 1 hears {features!r} states but the pipeline has no audio_encoder "
+                               "component — load the whole pipeline folder (its audio_encoder/ sub-folder)")
+        self.register_modules(moda=moda, composer=composer, renderer=renderer, audio_encoder=audio_encoder)
+        if "phones" in features:
             shared_worker()      # start the phone-recognition helper now, so it is ready by the first call
 
     # ------------------------------------------------------------------ Hub
@@ -201,7 +213,8 @@ class ModaPipeline(DiffusionPipeline):
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
-        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features)   # phones on demand
+        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features,
+                             encoder=self.audio_encoder)          # phones / encoder windows on demand
         latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
         closure = sample_blink_closure(len(feats), model_fps, blink_rate, generator,
                                        speech_pauses(wav, SAMPLE_RATE))
