@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .models.audio_encoder import HOP, SAMPLE_RATE, STATE_RATE
+from .models.audio_encoder import MAX_WINDOW_SECONDS, SAMPLE_RATE, STATE_RATE  # noqa: F401 (re-exported)
 
 #: Encoder window, seconds (Whisper's table covers 30; a 10 s window costs about a third of 30 s).
 WINDOW_SECONDS = 10.0

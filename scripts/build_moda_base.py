@@ -16,7 +16,7 @@ Steps (each printed with its time; ``runs/moda-base/build_summary.json`` records
 4. stage 2 (composer) on the synthetic corpus;
 5. stage 1 (``features="whisper-tiny"``) on both: ``--real-share`` of the training windows from
    the real footage, each real speaker's lip motion scaled to the synthetic corpus's
-   (``moda_hub.training.corpus.normalise_speakers``), the rest synthetic (head, eyes, blinks and
+   (``moda_hub.training.corpus.normalise_speakers``; the synthetic rig's too), the rest synthetic (head, eyes, blinks and
    the one-to-many latent, phonetic coverage); validated on the held-out real speakers.
 
 Training runs a fixed number of steps, not a time budget, so the same command gives the same
@@ -39,23 +39,27 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "pretrained", "moda-base"))
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "moda-base"), help="corpus and logs")
-    ap.add_argument("--hours", type=float, default=2.0, help="hours of synthetic speech")
+    ap.add_argument("--hours", type=float, default=0.5, help="hours of synthetic speech")
     ap.add_argument("--footage", default=None, help="real training footage (default ../shared/train)")
     ap.add_argument("--real-share", type=float, default=0.5,
                     help="share of stage-1 training windows from the real footage")
     ap.add_argument("--audio-encoder", default=None,
                     help="audio_encoder component folder (default: <out>/audio_encoder)")
     ap.add_argument("--composer-steps", type=int, default=1750)
-    ap.add_argument("--moda-steps", type=int, default=3000)
+    ap.add_argument("--moda-steps", type=int, default=1200)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="also stop each training stage after this many minutes (quick looks only)")
     ap.add_argument("--ema-decay", type=float, default=0.998,
                     help="stage 1 saves a moving average of its weights (see train_moda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the training stages (1: on a 2-core machine shared with other "
+                         "jobs, 2 threads ran 5-10x slower than 1, measured 2026-12-05)")
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
     args = ap.parse_args(argv)
 
+    import numpy as np
     import torch
     from moda_hub import FacialComposer, ModaModel, ModaPipeline, WarpRenderer
     from moda_hub.data import train_footage
@@ -93,23 +97,26 @@ def main(argv=None):
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
     # 4. stage 2
     train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
-                   minutes=args.max_minutes, seed=args.seed)
+                   minutes=args.max_minutes, seed=args.seed, threads=args.threads)
     # 5. stage 1 on real + synthetic, real speakers' lip motion scaled to the synthetic corpus's
     kind = "whisper-tiny"
-    synth = MotionCorpus(corpus, "train", kind)
+    synth, synth_val = MotionCorpus(corpus, "train", kind), MotionCorpus(corpus, "val", kind)
     real_train, real_val = MotionCorpus(real, "train", kind), MotionCorpus(real, "val", kind)
     sources = {v["name"]: v["source"] for v in json.load(open(os.path.join(real, "manifest.json")))["videos"]}
     for c in (real_train, real_val):
         for u in c.utterances:
             u["speaker"] = train_footage.speaker_of(u["speaker"], sources.get(u["speaker"], ""))
-    target = speaker_lip_scale(synth, lambda u: "all")["all"]
+    # every real training speaker's lips, and the synthetic rig's, moved as far as the median real speaker
+    scales = speaker_lip_scale(real_train)
+    target = float(np.median(list(scales.values())))
     factors = normalise_speakers(real_train, target)
-    print("real speakers' lip scale -> synthetic " + f"{target:.4f}: " + ", ".join(
+    factors["synthetic"] = normalise_speakers(synth, target, lambda u: "synthetic")["synthetic"]
+    print(f"lip motion scaled to the median real speaker's ({target:.4f} canonical units): " + ", ".join(
         f"{s} x{f:.2f}" for s, f in sorted(factors.items()) if not s.startswith("grid-")), flush=True)
     train = mix_corpora([synth, real_train], [1 - args.real_share, args.real_share])
-    train_moda((train, real_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
+    train_moda((train, real_val, synth_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
                minutes=args.max_minutes, seed=args.seed, features=kind, model_kwargs={"lip_input": "all"},
-               ema_decay=args.ema_decay)
+               ema_decay=args.ema_decay, threads=args.threads)
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
                         renderer=WarpRenderer(), audio_encoder=encoder.to(torch.float16))

@@ -152,9 +152,10 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
                ema_decay: Optional[float] = None) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
 
-    data: a corpus folder, or a ``(train, val)`` pair of :class:`MotionCorpus` objects built by
-    the caller (e.g. :func:`~moda_hub.training.corpus.mix_corpora` of synthetic and real footage,
-    speakers normalised); ``features`` must then be theirs.
+    data: a corpus folder, or ``(train, val)`` / ``(train, val, calibration)`` :class:`MotionCorpus`
+    objects built by the caller (e.g. :func:`~moda_hub.training.corpus.mix_corpora` of synthetic
+    and real footage, speakers normalised; ``calibration``: the corpus whose head motion the prior
+    scale is matched to, default ``val``); ``features`` must then be theirs.
 
     minutes / steps: stop at whichever comes first (at least one must be given).
     init: a pipeline folder (its ``moda/`` subfolder is used) or a component folder to start from.
@@ -174,8 +175,10 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
         sub = os.path.join(init, "moda")
         model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)
         features = model.config.features
+    calib = None
     if isinstance(data, (tuple, list)):
-        train, val = data
+        train, val = data[:2]
+        calib = data[2] if len(data) > 2 else None
         if train.feature_kind != features:
             raise ValueError(f"the corpora hold {train.feature_kind!r} features, not features={features!r}")
     else:
@@ -235,7 +238,7 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
                 for e, p in zip(ema, params):
                     p.copy_(e)
         metrics = validate(model, val)
-        metrics["latent_scale"] = calibrate_latent_scale(model, val)
+        metrics["latent_scale"] = calibrate_latent_scale(model, calib or val)
         metrics.update(steps=step, seconds=round(time.time() - start, 1))
         log.finish(model, metrics)
     return model
