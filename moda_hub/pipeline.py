@@ -252,13 +252,15 @@ class ModaPipeline(DiffusionPipeline):
         weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        # a batch of a multiple of 8 frames (last one repeated): GEMM kernels round a ragged tail
-        # of rows differently, and a frame's mesh must not depend on the chunk it falls in
+        # blocks of exactly 8 frames (the last one padded by repeating its last frame): GEMM kernels
+        # round rows differently for other batch sizes (a ragged tail, or 8 vs 32 rows), and a
+        # frame's mesh must not depend on the chunk it falls in
         T = len(motion["lip"])
         rows = np.minimum(np.arange(T + (-T) % 8), T - 1)
         lip = torch.from_numpy(motion["lip"][rows]).to(cond)
         eye = torch.from_numpy(motion["eye"][rows]).to(cond)
-        dense = self.composer(lip, eye, cond).float().cpu().numpy()[:T]             # (T, 478, 3)
+        dense = torch.cat([self.composer(lip[i:i + 8], eye[i:i + 8], cond) for i in range(0, len(rows), 8)])
+        dense = dense.float().cpu().numpy()[:T]                                      # (T, 478, 3)
         return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,

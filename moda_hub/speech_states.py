@@ -116,9 +116,16 @@ def encoder_features(wav: np.ndarray, fps: float, encoder, num_frames: Optional[
 _SHARED = {}
 
 
+def set_default_encoder(encoder) -> None:
+    """Make ``encoder`` what :func:`default_encoder` returns in this process (and in corpus
+    workers forked from it) — a build uses the encoder it ships, wherever that was loaded from."""
+    _SHARED["enc"] = encoder
+
+
 def default_encoder():
     """The ``audio_encoder`` of the shipped ``pretrained/moda-base`` (loaded once per process,
-    float32, eval mode) — for building corpora and evaluating older pipelines' features."""
+    float32, eval mode) — for building corpora (``scripts/build_moda_base.py`` puts the encoder it
+    builds with here first, so its corpus workers use that one)."""
     import os
 
     from .models.audio_encoder import WhisperTinyEncoder
@@ -126,7 +133,6 @@ def default_encoder():
 
     if "enc" not in _SHARED:
         root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", "moda-base")
-        path = os.environ.get("MODA_AUDIO_ENCODER", os.path.join(root, "audio_encoder"))
-        enc = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, path)
+        enc = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, os.path.join(root, "audio_encoder"))
         _SHARED["enc"] = enc.float().eval()
     return _SHARED["enc"]

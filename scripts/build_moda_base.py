@@ -66,7 +66,7 @@ def main(argv=None):
     from moda_hub.data.synthetic import build_corpus
     from moda_hub.data.video_dataset import add_encoder_states, prepare_videos
     from moda_hub.models.audio_encoder import WhisperTinyEncoder
-    from moda_hub.speech_states import _SHARED
+    from moda_hub.speech_states import set_default_encoder
     from moda_hub.training.corpus import MotionCorpus, mix_corpora, normalise_speakers, speaker_lip_scale
     from moda_hub.training.train_composer import train_composer
     from moda_hub.training.train_moda import train_moda
@@ -75,12 +75,12 @@ def main(argv=None):
     t0 = time.time()
     times = {}
     # 1. the audio encoder (loaded before --out is replaced)
-    enc_dir = args.audio_encoder or os.path.join(args.out, "audio_encoder")
+    enc_dir = os.path.abspath(args.audio_encoder or os.path.join(args.out, "audio_encoder"))   # (absolute: not saved)
     if not os.path.isfile(os.path.join(enc_dir, "config.json")):
         sys.exit(f"error: no audio_encoder at {enc_dir!r} — convert it once with "
                  "scripts/convert_whisper_encoder.py, or pass --audio-encoder")
     encoder = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, enc_dir).float().eval()
-    _SHARED["enc"] = encoder                    # the corpus builders' default_encoder()
+    set_default_encoder(encoder)                # the corpus builders' default_encoder()
     # 2. real footage, prepared once (cached), with the encoder's states
     real = os.path.join(args.work, "real")
     videos, val_names = train_footage.footage(args.footage or train_footage.default_root())
