@@ -4,10 +4,12 @@ Speech in, 50 Hz hidden states out — a speaker-robust front end trained on 680
 voices in ~100 languages, which stage 1 hears instead of log-mel + pocketsphinx phones
 (``moda_hub.features``, kind ``"whisper-tiny"``).
 
-The network is transformers' :class:`~transformers.models.whisper.modeling_whisper.WhisperEncoder`
-(conv front end, sinusoidal positions, 4 pre-norm transformer layers, 384 wide), wrapped in a
-diffusers ``ModelMixin`` so that it is saved and loaded like the pipeline's other components
-(``config.json`` + ``diffusion_pytorch_model.safetensors``, the checks of ``moda_hub.weights``).
+The network is Whisper's encoder (conv front end, sinusoidal positions, 4 pre-norm transformer
+layers, 384 wide) in plain torch with transformers' ``WhisperEncoder`` parameter names (its
+state dict loads into ``transformers.WhisperEncoder`` as is; moda-hub does not need transformers
+at run time), wrapped in a diffusers ``ModelMixin`` so that it is saved and loaded like the
+pipeline's other components (``config.json`` + ``diffusion_pytorch_model.safetensors``, the checks
+of ``moda_hub.weights``).
 Unlike transformers' ``forward``, :meth:`WhisperTinyEncoder.encode` takes windows *shorter* than
 30 s: the positional table is sliced to the window (Whisper itself always pads to 30 s; a 10 s
 window costs about a third, see ``benchmarks/README.md``).
@@ -26,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -41,11 +44,52 @@ MAX_WINDOW_SECONDS = 30.0
 
 def mel_filters(n_mels: int = 80) -> np.ndarray:
     """(n_mels, N_FFT // 2 + 1) float32 Slaney mel filterbank, 0-8 kHz (Whisper's / librosa's)."""
-    from transformers.audio_utils import mel_filter_bank
+    from ..audio import mel_filterbank
 
-    return mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
-                           max_frequency=8000.0, sampling_rate=SAMPLE_RATE, norm="slaney",
-                           mel_scale="slaney").T.astype(np.float32)
+    return mel_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, 8000.0)
+
+
+class _SelfAttention(nn.Module):
+    """Whisper's multi-head self-attention (the key projection has no bias); (B, S, C) -> (B, S, C)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False)
+        self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, C = x.shape
+        q, k, v = (p(x).view(B, S, self.heads, C // self.heads).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v)                    # softmax(q k^T / sqrt(c)) v
+        return self.out_proj(y.transpose(1, 2).reshape(B, S, C))
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(LN(x)), then + fc2(GELU(fc1(LN(x))))."""
+
+    def __init__(self, dim: int, heads: int, ffn: int):
+        super().__init__()
+        self.self_attn = _SelfAttention(dim, heads)
+        self.self_attn_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class _WhisperEncoder(nn.Module):
+    """Whisper's encoder with transformers' ``WhisperEncoder`` parameter names."""
+
+    def __init__(self, n_mels: int, dim: int, layers: int, heads: int, ffn: int, positions: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, dim, 3, padding=1)
+        self.conv2 = nn.Conv1d(dim, dim, 3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(positions, dim)
+        self.layers = nn.ModuleList(_EncoderLayer(dim, heads, ffn) for _ in range(layers))
+        self.layer_norm = nn.LayerNorm(dim)
 
 
 class WhisperTinyEncoder(ModelMixin, ConfigMixin):
@@ -69,15 +113,8 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
                  encoder_attention_heads: int = 6, encoder_ffn_dim: int = 1536,
                  max_source_positions: int = 1500, source: str = "openai/whisper-tiny"):
         super().__init__()
-        from transformers import WhisperConfig
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        cfg = WhisperConfig(num_mel_bins=n_mels, d_model=d_model, encoder_layers=encoder_layers,
-                            encoder_attention_heads=encoder_attention_heads, encoder_ffn_dim=encoder_ffn_dim,
-                            max_source_positions=max_source_positions, activation_function="gelu",
-                            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0)
-        cfg._attn_implementation = "sdpa"
-        self.encoder = WhisperEncoder(cfg)
+        self.encoder = _WhisperEncoder(n_mels, d_model, encoder_layers, encoder_attention_heads,
+                                       encoder_ffn_dim, max_source_positions)
         self.register_buffer("mel_basis", torch.from_numpy(mel_filters(n_mels)), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
@@ -125,8 +162,7 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
         h = F.gelu(enc.conv2(h)).transpose(1, 2)                       # (B, S, C)
         h = h + enc.embed_positions.weight[:h.shape[1]].to(h.dtype)
         for layer in enc.layers:
-            out = layer(h, attention_mask=None)
-            h = out[0] if isinstance(out, tuple) else out
+            h = layer(h)
         h = enc.layer_norm(h).float()
         return h[0] if log_mel.dim() == 2 else h
 
