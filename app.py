@@ -27,9 +27,12 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
 from moda_hub.errors import InputTooLongError, InvalidParameterError, ModaError  # noqa: E402
 from moda_hub.face import detect_faces, face_box  # noqa: E402
+from moda_hub.face.image import load_image  # noqa: E402
+from moda_hub.face.subject import MAX_IMAGE_SIDE  # noqa: E402
 from moda_hub.space import (AnimateOptions, OutputStore, SpaceConfig, animate, faces_preview,  # noqa: E402
                             load_speech, motion_figure)
 
@@ -55,6 +58,44 @@ def _scrub(message: str) -> str:
     return re.sub(r"'(?:/[^'/]+)+/([^'/]+)'", r"'\1'", message)
 
 
+class RequestCancelled(Exception):
+    """The client of a running request went away (closed the page, dropped the connection or
+    cancelled): the work stops at the next chunk, freeing its slot; its folder is removed."""
+
+
+def client_watch():
+    """A function that says whether the client of the request this handler serves is gone.
+
+    gradio keeps running a handler's thread after its client disconnects (it only marks the queue
+    event ``alive = False``) or cancels (the event leaves the active jobs), so a dropped request
+    would hold its concurrency slot to the end. Handlers call this at each progress step and stop.
+    Outside a queued request (direct calls, tests) it always says "still here"."""
+    from gradio.context import LocalContext
+
+    event_id = LocalContext.event_id.get(None)
+    queue = getattr(LocalContext.blocks.get(None), "_queue", None)
+    if event_id is None or queue is None:
+        return lambda: False
+
+    def gone() -> bool:
+        for jobs in list(queue.active_jobs):
+            for event in jobs or ():
+                if event._id == event_id:
+                    return not event.alive
+        return True                                   # no longer an active job: cancelled
+
+    return gone
+
+
+def watched(progress, gone):
+    """``progress(fraction, desc)`` that first raises RequestCancelled when the client is gone."""
+    def report(fraction: float, desc: str) -> None:
+        if gone():
+            raise RequestCancelled("the client went away")
+        progress(fraction, desc=desc)
+    return report
+
+
 @contextlib.contextmanager
 def user_errors(cfg: SpaceConfig):
     """ModaError -> gr.Error with its message (shown in the page); anything else -> a short
@@ -63,6 +104,9 @@ def user_errors(cfg: SpaceConfig):
         yield
     except gr.Error:
         raise
+    except RequestCancelled:
+        log.info("request cancelled: its client went away; work stopped, folder removed")
+        raise gr.Error("the request was cancelled", print_exception=False)
     except InputTooLongError as err:
         what = _scrub(str(err)).split(" — ")[0]
         raise gr.Error(f"{what} — this Space accepts up to {cfg.max_audio_seconds:g} s of speech: trim "
@@ -111,11 +155,12 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
             use_text = has_text and (source == "text" or audio is None)
             opts = _options(seed, temperature, variations, fps, output_size, mouth_scale,
                             head_motion_scale, blink_rate, still, face_index)
+            gone = client_watch()
             progress(0.0, desc="reading the speech")
             wav = load_speech(None if use_text else audio, text if use_text else None, voice=voice,
                               speech_rate=speech_rate, max_seconds=cfg.max_audio_seconds)
-            results = animate(pipe, portrait, wav, opts, store.new_request_dir(),
-                              progress=lambda f, d: progress(f, desc=d))
+            with store.request_dir() as folder:      # removed at once if the request fails or is cancelled
+                results = animate(pipe, portrait, wav, opts, folder, progress=watched(progress, gone))
             figure = motion_figure(results, wav)
         gallery = [(r.video_path, f"seed {r.seed}") for r in results]
         return (results[0].video_path, gr.Gallery(value=gallery, visible=len(results) > 1),
@@ -130,26 +175,30 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
             _check_portrait(portrait)
             opts = _options(seed, temperature, 1, fps, output_size, mouth_scale, head_motion_scale,
                             blink_rate, still, face_index)
+            gone = client_watch()
             wav = load_speech(audio, text, voice=voice, speech_rate=speech_rate,
                               max_seconds=cfg.max_audio_seconds)
-            result = animate(pipe, portrait, wav, opts, store.new_request_dir(), mesh_preview=False,
-                             save_npz=False, progress=lambda f, d: progress(f, desc=d))[0]
+            with store.request_dir() as folder:
+                result = animate(pipe, portrait, wav, opts, folder, mesh_preview=False, save_npz=False,
+                                 progress=watched(progress, gone))[0]
         return result.video_path
 
     def find_faces(portrait, face_index):
         """New portrait -> its faces (kept in a State), the numbered preview, a hint."""
-        if portrait is None:
+        rgb = _preview_image(portrait)
+        if rgb is None:
             return [], None, gr.Number(info="-1 = the largest face")
-        faces = detect_faces(portrait)
+        faces = detect_faces(rgb)
         if not faces:
             gr.Warning("No face found in this image — use a frontal portrait where the face covers "
                        "at least 10% of the image.")
         n = len(faces)
         info = f"{n} face{'s' if n != 1 else ''} found, numbered left to right; -1 = the largest"
-        return faces, draw_faces(portrait, faces, face_index), gr.Number(info=info)
+        return faces, draw_faces(rgb, faces, face_index), gr.Number(info=info)
 
     def draw_faces(portrait, faces, face_index):
-        if portrait is None:
+        rgb = portrait if isinstance(portrait, np.ndarray) else _preview_image(portrait)
+        if rgb is None:
             return None
         chosen = None
         if faces:
@@ -157,9 +206,21 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
                 chosen = max(range(len(faces)), key=lambda i: _area(faces[i]))
             elif face_index < len(faces):
                 chosen = int(face_index)
-        return faces_preview(portrait, faces, chosen=chosen)
+        return faces_preview(rgb, faces, chosen=chosen)
 
     return generate, animate_api, find_faces, draw_faces
+
+
+def _preview_image(portrait):
+    """The uploaded portrait decoded as the pipeline decodes it, or None (nothing uploaded, or a file
+    that is not a usable image: the warning says why, Generate gives the full message)."""
+    if portrait is None:
+        return None
+    try:
+        return load_image(portrait, max_side=MAX_IMAGE_SIDE)
+    except ModaError as err:
+        gr.Warning(_scrub(str(err)))
+        return None
 
 
 def _area(face) -> float:
@@ -179,13 +240,76 @@ def voice_choices():
     return choices
 
 
+# ---------------------------------------------------------------------------------- uploads
+def unopened_uploads(image: gr.Image) -> gr.Image:
+    """Make a ``gr.Image(type="filepath")`` hand its upload to the app unopened: the app decodes it
+    with :func:`moda_hub.face.image.load_image`, so a text file, a truncated file or a decompression
+    bomb gets the app's own message (and the pixel-count check from the header), never a gradio
+    traceback. Webcam and clipboard captures are uploaded files too. (Set on the instance: a
+    subclass of a gradio component makes gradio write a .pyi stub next to this file.)"""
+    opened = image.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return opened(payload)                       # a base64 data URL: gradio writes it to its cache
+
+    image.preprocess = preprocess
+    return image
+
+
+def _upload_folder() -> str:
+    from gradio.utils import get_upload_folder
+
+    return os.path.realpath(get_upload_folder())
+
+
+def check_file_inputs(block_fn, inputs) -> None:
+    """Every file input of a request must be a file uploaded to this server (gradio's upload folder)
+    or nothing: a plain string ("/etc/passwd"), a URL, or a path anywhere else is refused with
+    gr.Error naming the input — before gradio or the app opens anything."""
+    upload = _upload_folder()
+    for block, value in zip(block_fn.inputs, inputs):
+        if not isinstance(block, (gr.Image, gr.Audio, gr.File, gr.Video)) or value is None:
+            continue
+        name = (getattr(block, "label", None) or "a file input").split(" (")[0].lower()
+        path = value.get("path") if isinstance(value, dict) else None
+        url = value.get("url") if isinstance(value, dict) else None
+        data_url = isinstance(url, str) and url.startswith("data:") and not path
+        inside = isinstance(path, str) and os.path.isabs(path) and \
+            os.path.realpath(path).startswith(upload + os.sep)
+        if not (inside or data_url):
+            raise gr.Error(f"{name}: only files uploaded to this server are read — upload the file itself "
+                           "(with gradio_client: handle_file('photo.jpg')), not a path or URL", print_exception=False)
+
+
+class SpaceBlocks(gr.Blocks):
+    """``gr.Blocks`` whose input stage fails with the app's own one-line messages: file inputs are
+    checked first (:func:`check_file_inputs`), and anything gradio's own preprocessing raises
+    (an upload that does not fit its component) becomes a gr.Error saying what to upload."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        check_file_inputs(block_fn, inputs)
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as err:                    # noqa: BLE001 - gradio raises many kinds here
+            log.info("upload refused: %s: %s", type(err).__name__, err)
+            raise gr.Error("an upload could not be read — upload a JPEG, PNG or WebP portrait and a speech "
+                           "file (wav, mp3, m4a, flac, ogg, webm)", print_exception=False) from None
+
+
 # ---------------------------------------------------------------------------------- page
 def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
     """The page: inputs and controls on the left, results on the right."""
     store = OutputStore(cfg.output_dir, ttl_seconds=cfg.output_ttl_minutes * 60, max_kept=cfg.max_kept_requests)
+    store.start_sweeping()          # expired request folders go even on an idle server
     generate, animate_api, find_faces, draw_faces = make_handlers(pipe, cfg, store)
     ttl = int(cfg.output_ttl_minutes * 60)
-    with gr.Blocks(title="moda-hub: talking portrait", delete_cache=(max(60, ttl // 4), ttl)) as demo:
+    with SpaceBlocks(title="moda-hub: talking portrait", delete_cache=(max(60, ttl // 4), max(ttl, 1))) as demo:
         gr.Markdown(
             "## moda-hub — one photo + speech → a talking portrait\n"
             "MODA (ICCV 2023) on a plain CPU. **1.** Upload a portrait or take a webcam photo. "
@@ -196,9 +320,9 @@ def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Row():
-                    portrait = gr.Image(label="Portrait", type="numpy", image_mode="RGB",
-                                        sources=["upload", "webcam", "clipboard"], height=300,
-                                        elem_id="portrait")
+                    portrait = unopened_uploads(gr.Image(label="Portrait", type="filepath", image_mode=None,
+                                                         sources=["upload", "webcam", "clipboard"], height=300,
+                                                         elem_id="portrait"))
                     preview = gr.Image(label="Detected faces", interactive=False, height=300,
                                        elem_id="faces-preview")
                 with gr.Tabs():

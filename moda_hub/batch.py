@@ -9,7 +9,9 @@ process then works on the CPU (``PartialState(cpu=True)``, gloo backend). ``acce
 --cpu --num_processes 2`` starts only ONE process (accelerate's simple launcher; multi-CPU
 there needs an MPI hostfile), so it is not a way to use two processes.
 
-Manifest (CSV with a header row; empty cells take the default):
+Manifest (CSV with a header row, UTF-8 or UTF-16 with a BOM, comma- or tab-separated; empty
+cells take the default; a cell longer than :data:`MAX_CELL_CHARS` makes its row fail, naming the
+row and the column; a file that is not text fails at once, naming the line):
 
 ==================  ===========================================================================
 column              meaning
@@ -44,6 +46,11 @@ Outputs in ``DIR``:
   failed rows are tried again on the next run. When rows failed, the command ends with one
   ``error:`` line and exit status 2 after all other rows are done.
 
+Ctrl-C stops the batch with one ``error:`` line (exit status 130): the row being made leaves no
+file (its temporary file is removed), finished rows stay in ``done.jsonl``, and the same command
+resumes where it stopped. ``--out`` must be a folder (or one that can be created): an existing
+file there, or a folder that cannot be made, fails before any work.
+
 Example::
 
     >>> from moda_hub.batch import run_batch
@@ -53,8 +60,10 @@ Example::
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -62,11 +71,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .errors import InvalidParameterError, ModaError
+from .errors import InvalidParameterError, ModaError, OutputPathError
+from .output_paths import check_output_dir
 
 MANIFEST_COLUMNS = ("image", "audio", "text", "seed", "fps", "size", "still", "blink_rate",
                     "head_motion_scale", "mouth_scale", "temperature", "voice", "speech_rate",
                     "face_index")
+#: Longest manifest cell, characters (a text cell is also limited by espeak-ng's 10 000).
+MAX_CELL_CHARS = 100_000
 DONE_FILE = "done.jsonl"
 ERRORS_FILE = "errors.jsonl"
 
@@ -158,8 +170,12 @@ def read_manifest(path: str | os.PathLike) -> List[BatchRow]:
         raise InvalidParameterError(f"manifest {path!r} does not exist — give a CSV file with a header "
                                     "row (image, audio or text, ...)")
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    text = _manifest_text(path)
+    dialect = csv.excel_tab if "\t" in text.split("\n", 1)[0] else csv.excel   # spreadsheets' "Unicode Text"
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(max(previous_limit, 1 << 24))   # long cells are named per row below, not a csv error
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         unknown = [h for h in header if h and h not in MANIFEST_COLUMNS]
         if "image" not in header or unknown:
@@ -168,6 +184,11 @@ def read_manifest(path: str | os.PathLike) -> List[BatchRow]:
                                         f"{', '.join(MANIFEST_COLUMNS)} (image and one of audio/text required)")
         raw_rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in rec.items() if k is not None}
                     for rec in reader]
+    except csv.Error as err:
+        raise InvalidParameterError(f"manifest {path!r}, line {reader.line_num}: {err} — save it again as CSV "
+                                    f"(cells of at most {MAX_CELL_CHARS} characters)") from None
+    finally:
+        csv.field_size_limit(previous_limit)
     rows = []
     for i, rec in enumerate(raw_rows):
         def resolve(p):
@@ -175,7 +196,10 @@ def read_manifest(path: str | os.PathLike) -> List[BatchRow]:
         image, audio, text = resolve(rec.get("image")), resolve(rec.get("audio")), rec.get("text") or None
         name = f"{i:05d}_{_stem(image, 'image')}_{_stem(audio, 'text' if text else 'speech')}.mp4"
         row = BatchRow(index=i, output=name, image=image or "", audio=audio, text=text)
-        problems = []
+        problems = [f"column {column}: the cell is {len(value)} characters long, more than {MAX_CELL_CHARS} — "
+                    "shorten it" for column, value in rec.items() if len(value) > MAX_CELL_CHARS]
+        problems += [f"column {column}: the cell holds a NUL character — remove it (the file may be binary, not "
+                     "CSV)" for column, value in rec.items() if "\x00" in value]
         if not image:
             problems.append("the image cell is empty")
         if (audio is None) == (text is None):
@@ -193,8 +217,27 @@ def read_manifest(path: str | os.PathLike) -> List[BatchRow]:
                 except ValueError as err:
                     problems.append(f"{column}: {err}")
         row.problem = "; ".join(problems) or None
+        if row.problem and len(row.problem) > 2000:
+            row.problem = row.problem[:1999] + "…"
         rows.append(row)
     return rows
+
+
+def _manifest_text(path: str) -> str:
+    """The manifest as text: UTF-8 (with or without a BOM) or UTF-16 with a BOM (what spreadsheets
+    write as "Unicode Text"). Anything else is refused with one line saying where it broke."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise InvalidParameterError(f"manifest {path!r} is not {encoding.replace('-sig', '')} text (line {line}, byte "
+                                    f"{err.start}) — save it as 'CSV UTF-8' (or UTF-16 'Unicode Text')") from None
 
 
 def _read_done(out_dir: str) -> Dict[str, str]:
@@ -257,13 +300,17 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, model: Op
     def say(line):
         emit(prefix + line)
 
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    out_dir = check_output_dir(out_dir)     # an existing file, an uncreatable folder: one line, before work
     rows = read_manifest(manifest)          # every process parses; a bad manifest stops all alike
     if model is None:
         from .cli import DEFAULT_MODEL
         model = DEFAULT_MODEL
     model = str(model)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create the output folder {out_dir!r} ({err.strerror}) — choose a folder "
+                              "you can write to") from None
 
     # 1. what is left: decided by every process before any of them writes (barrier below)
     done = _read_done(out_dir)

@@ -1,7 +1,9 @@
 """`moda` command line: generate | prepare | train | evaluate.
 
 Errors a user can act on are printed as one line (``error: ...``) with a non-zero exit
-status; ``--debug`` shows the full traceback instead.
+status; ``--debug`` shows the full traceback instead. Third-party log lines (MediaPipe's
+``W0000``/``I0000``, TensorFlow Lite's ``INFO``, diffusers) are kept off stderr unless
+``--verbose`` (:mod:`moda_hub.native_logs`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ def _add_generate(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", help="speech file (wav, mp3, m4a, flac, ogg, webm, or a video)")
     src.add_argument("--text", help="text spoken by espeak-ng")
-    p.add_argument("--out", default="outputs/moda.mp4", help="output MP4 path")
+    p.add_argument("--out", default="outputs/moda.mp4",
+                   help="output MP4 path (.mp4 or .m4v); an existing MP4 there is replaced, any other file only "
+                        "with --overwrite; never an input file, a device, FIFO or a link into another folder")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder or Hub id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -32,7 +36,10 @@ def _add_generate(sub):
     p.add_argument("--face-index", type=int, default=None, help="face left to right; default the largest")
     p.add_argument("--voice", default="en-us")
     p.add_argument("--speech-rate", type=int, default=165)
-    p.add_argument("--landmarks", help="also save landmarks and motion to this .npz")
+    p.add_argument("--landmarks", help="also save landmarks and motion to this .npz (written together with the "
+                                       "video: both appear, or neither)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file at --out / --landmarks even when it is not a video / .npz")
 
 
 def _generate(args):
@@ -41,15 +48,18 @@ def _generate(args):
     from tqdm.auto import tqdm
 
     from .errors import InvalidParameterError
+    from .espeak import RATE_RANGE
+    from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
     from .pipeline import ModaPipeline
-    from .video import check_output_path
 
-    # cheap checks first: a bad seed or output path fails before the weights load
+    # cheap checks first: a bad seed, rate or output path fails before the weights load
     if args.seed < 0 or args.seed >= 2 ** 63:   # torch.Generator().manual_seed raises beyond 2**64
         raise InvalidParameterError(f"--seed {args.seed} is out of range — use 0 .. 2**63-1")
-    check_output_path(args.out)
-    if args.landmarks:
-        check_output_path(args.landmarks)
+    if args.text is not None and not RATE_RANGE[0] <= args.speech_rate <= RATE_RANGE[1]:
+        raise InvalidParameterError(f"--speech-rate {args.speech_rate} is out of range — use {RATE_RANGE[0]} to "
+                                    f"{RATE_RANGE[1]} words per minute (default 165)")
+    outputs = check_outputs({VIDEO: args.out, LANDMARKS: args.landmarks}, inputs=(args.image, args.audio),
+                            overwrite=args.overwrite)
     pipe = ModaPipeline.from_pretrained(args.model)
     bar = tqdm(total=100, desc="moda", unit="%", disable=None)
 
@@ -58,16 +68,19 @@ def _generate(args):
         bar.update(int(fraction * 100) - bar.n)
 
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(image=args.image, audio=args.audio, text=args.text, voice=args.voice,
-               speech_rate=args.speech_rate, generator=torch.Generator().manual_seed(args.seed),
-               temperature=args.temperature, mouth_scale=args.mouth_scale,
-               head_motion_scale=args.head_motion_scale, blink_rate=args.blink_rate, still=args.still,
-               fps=args.fps, face_index=args.face_index, output_size=args.size, output_type="mp4",
-               output_path=args.out, callback=progress)
-    bar.close()
-    if args.landmarks:
-        np.savez_compressed(args.landmarks, landmarks=out.landmarks, fps=out.fps, **out.motion)
-    print(out.video_path)
+    with StagedOutputs() as staged:          # every output appears together, or none does
+        out = pipe(image=args.image, audio=args.audio, text=args.text, voice=args.voice,
+                   speech_rate=args.speech_rate, generator=torch.Generator().manual_seed(args.seed),
+                   temperature=args.temperature, mouth_scale=args.mouth_scale,
+                   head_motion_scale=args.head_motion_scale, blink_rate=args.blink_rate, still=args.still,
+                   fps=args.fps, face_index=args.face_index, output_size=args.size, output_type="mp4",
+                   output_path=staged.stage(outputs[VIDEO], ".mp4"), callback=progress)
+        bar.close()
+        if LANDMARKS in outputs:
+            with open(staged.stage(outputs[LANDMARKS], ".npz"), "wb") as f:
+                np.savez_compressed(f, landmarks=out.landmarks, fps=out.fps, **out.motion)
+        staged.commit()
+    print(outputs[VIDEO])
 
 
 def _add_prepare(sub):
@@ -198,6 +211,8 @@ COMMANDS = {"generate": (_add_generate, _generate), "prepare": (_add_prepare, _p
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moda", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party log lines (MediaPipe, TensorFlow Lite, diffusers)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
@@ -207,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
-    if not args.debug:   # stderr holds our progress and error lines, not library chatter
+    if not args.verbose:   # stderr holds our progress and error lines, not library chatter
+        from .native_logs import filter_native_stderr
+        filter_native_stderr()
+    if not (args.debug or args.verbose):
         from diffusers.utils import logging as diffusers_logging
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
@@ -219,8 +237,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)   # always one line
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:      # helper processes ignore Ctrl-C (own process group): one line, from here
+        resume = " — run the same command again to resume (finished rows are skipped)" \
+            if args.command == "batch" else " — nothing was written"
+        print(f"error: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 

@@ -89,7 +89,8 @@ class PhoneWorker:
         pkg_dir = os.path.dirname(os.path.abspath(__file__))
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, pkg_dir],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, close_fds=True)
+                                      stderr=subprocess.DEVNULL, close_fds=True,
+                                      process_group=0)   # own group: a terminal's Ctrl-C reaches the parent only
         self._owner = os.getpid()           # a forked copy of this object is not usable there
         self._ids = itertools.count()
         self._pending: dict = {}

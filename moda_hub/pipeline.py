@@ -27,13 +27,18 @@ from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
 from .phone_worker import shared_worker
-from .video import Mp4Writer, check_output_path
+from .output_paths import VIDEO, check_output_file
+from .video import Mp4Writer
 
 SAMPLE_RATE = 16000
 OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
 #: Longest speech a call accepts by default, seconds (``max_audio_seconds=None`` lifts it).
 #: Checked before any work (from the file header for audio files).
 MAX_AUDIO_SECONDS = 600.0
+#: Bytes of output frames one chunk may hold. A chunk is rendered, then queued to the encoder
+#: while the next one renders, so about three chunks are in flight: with full-image output of a
+#: 12-megapixel photo (36 MB a frame) that is 2 frames a chunk, not 32 (1.2 GB a chunk).
+CHUNK_BYTES = 80 * 2 ** 20
 #: A clip whose loudest sample is below this (-60 dBFS) is silence: there is nothing for the lips
 #: to follow (its per-utterance normalised features would read as "average speech"), so the
 #: mouth keeps the portrait's shape.
@@ -172,22 +177,71 @@ class ModaPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
-                     blink_rate, output_size):
+                     blink_rate, output_size, *, still=False, face_index=None, generator=None,
+                     max_audio_seconds=MAX_AUDIO_SECONDS, speech_rate=165, sample_rate=None, voice="en-us"):
+        """Check every parameter of a call before any work; raise InvalidParameterError naming the
+        parameter, the value, the type or range expected and what to do.
+
+        Numbers may be Python or numpy scalars (``np.float32(1.0)``); strings, booleans and other
+        types where a number is expected are refused (``still="no"`` would otherwise read as True).
+        ``generator`` is None, a ``torch.Generator`` or a list of exactly one."""
         if audio is None and text is None:
             raise InvalidParameterError("no speech given — pass exactly one of `audio` (a file or samples) "
                                         "or `text` to speak")
         if audio is not None and text is not None:
             raise InvalidParameterError("both `audio` and `text` were given — pass exactly one of them")
-        if fps not in (24, 25, 30, 50, 60):
-            raise InvalidParameterError(f"fps={fps!r} is not supported — use 25 or 30 (24, 50 and 60 also work)")
-        if output_type not in OUTPUT_TYPES:
+        if text is not None and not isinstance(text, str):
+            raise InvalidParameterError(f"text is a {type(text).__name__} — pass the words to speak as a str")
+        if not _is_whole(fps) or int(fps) not in (24, 25, 30, 50, 60):
+            raise InvalidParameterError(f"fps={fps!r} is not supported — use 25 or 30 (24, 50 and 60 also work)"
+                                        + _type_hint(fps, "a whole number"))
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise InvalidParameterError(f"output_type={output_type!r} — use one of {', '.join(OUTPUT_TYPES)}")
         for name, value, hi in (("temperature", temperature, 3.0), ("mouth_scale", mouth_scale, 3.0),
                                 ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0)):
-            if not isinstance(value, (int, float)) or not np.isfinite(value) or not 0 <= value <= hi:
+            if not _is_number(value):
+                raise InvalidParameterError(f"{name}={value!r} is a {type(value).__name__} — pass a number "
+                                            f"(int or float) from 0 to {hi}")
+            if not np.isfinite(value) or not 0 <= value <= hi:
                 raise InvalidParameterError(f"{name}={value!r} is out of range — use a number from 0 to {hi}")
-        if output_size is not None and output_size not in (0, 256, 512):
-            raise InvalidParameterError(f"output_size={output_size!r} — use 256 or 512 (a face crop) or 0 (the full image)")
+        if output_size is not None and (not _is_whole(output_size) or int(output_size) not in (0, 256, 512)):
+            raise InvalidParameterError(f"output_size={output_size!r} — use 256 or 512 (a face crop) or 0 (the full "
+                                        "image)" + _type_hint(output_size, "a whole number"))
+        if not isinstance(still, (bool, np.bool_)):
+            raise InvalidParameterError(f"still={still!r} is a {type(still).__name__} — pass True (head and torso "
+                                        "still) or False")
+        if face_index is not None and not _is_whole(face_index):
+            raise InvalidParameterError(f"face_index={face_index!r} is a {type(face_index).__name__} — pass a "
+                                        "whole number (0 = the leftmost face) or None for the largest face")
+        if max_audio_seconds is not None and (not _is_number(max_audio_seconds) or not max_audio_seconds > 0):
+            raise InvalidParameterError(f"max_audio_seconds={max_audio_seconds!r} — pass a positive number of "
+                                        "seconds, or None for no limit" + _type_hint(max_audio_seconds, "a number"))
+        if sample_rate is not None and (not _is_whole(sample_rate) or not sample_rate > 0):
+            raise InvalidParameterError(f"sample_rate={sample_rate!r} — pass the audio array's rate in Hz as a "
+                                        "whole number, e.g. 16000" + _type_hint(sample_rate, "a whole number"))
+        if text is not None:
+            from .espeak import RATE_RANGE
+            lo, hi = RATE_RANGE
+            if not _is_whole(speech_rate) or not lo <= speech_rate <= hi:
+                raise InvalidParameterError(f"speech_rate={speech_rate!r} is out of range — use a whole number of "
+                                            f"words per minute from {lo} to {hi} (default 165)"
+                                            + _type_hint(speech_rate, "a whole number"))
+            if not isinstance(voice, str):
+                raise InvalidParameterError(f"voice={voice!r} is a {type(voice).__name__} — pass an espeak-ng "
+                                            "voice name such as 'en-us'")
+        _one_generator(generator)
+
+    def _check_call(self, image, audio, text, output_type, output_size, kwargs) -> None:
+        """:meth:`check_inputs` with a call's keyword arguments (``kwargs`` as :meth:`prepare` takes them)."""
+        if image is None:
+            raise InvalidParameterError("no portrait given — pass `image` (a file path, PIL image or array)")
+        get = kwargs.get
+        self.check_inputs(audio, text, get("fps", 30), output_type, get("temperature", 1.0),
+                          get("mouth_scale", 1.0), get("head_motion_scale", 1.0), get("blink_rate", 17.0),
+                          output_size, still=get("still", False), face_index=get("face_index"),
+                          generator=get("generator"), max_audio_seconds=get("max_audio_seconds", MAX_AUDIO_SECONDS),
+                          speech_rate=get("speech_rate", 165), sample_rate=get("sample_rate"),
+                          voice=get("voice", "en-us"))
 
     # ------------------------------------------------------------------ steps
     def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
@@ -198,6 +252,7 @@ class ModaPipeline(DiffusionPipeline):
                 ) -> _Session:
         """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`."""
         report = callback or (lambda stage, fraction: None)
+        generator = _one_generator(generator)
         # 1. the speech: decode or synthesise, 16 kHz mono (first: too long fails before any work)
         report("audio", 0.0)
         if text is not None:
@@ -252,24 +307,25 @@ class ModaPipeline(DiffusionPipeline):
         weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        # blocks of exactly 8 frames (the last one padded by repeating its last frame): GEMM kernels
-        # round rows differently for other batch sizes (a ragged tail, or 8 vs 32 rows), and a
-        # frame's mesh must not depend on the chunk it falls in
+        # blocks of exactly 16 frames (the last one padded by repeating its last frame): GEMM kernels
+        # round rows differently for other batch sizes (a ragged tail; AVX-512 MKL below 16 rows;
+        # 8 vs 32 rows), and a frame's mesh must not depend on the chunk it falls in
         T = len(motion["lip"])
-        rows = np.minimum(np.arange(T + (-T) % 8), T - 1)
+        rows = np.minimum(np.arange(T + (-T) % 16), T - 1)
         lip = torch.from_numpy(motion["lip"][rows]).to(cond)
         eye = torch.from_numpy(motion["eye"][rows]).to(cond)
-        dense = torch.cat([self.composer(lip[i:i + 8], eye[i:i + 8], cond) for i in range(0, len(rows), 8)])
+        dense = torch.cat([self.composer(lip[i:i + 16], eye[i:i + 16], cond) for i in range(0, len(rows), 16)])
         dense = dense.float().cpu().numpy()[:T]                                      # (T, 478, 3)
         return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,
-               output_size: Optional[int] = None, output_path: Optional[str] = None, render: bool = True,
-               **kwargs) -> Iterator[ModaStreamChunk]:
+               output_size: Optional[int] = None, output_path: Optional[str] = None, overwrite: bool = False,
+               render: bool = True, **kwargs) -> Iterator[ModaStreamChunk]:
         r"""Yield the video chunk by chunk as soon as each is ready; memory stays flat.
 
         Takes the arguments of :meth:`__call__` (``output_type`` aside). ``chunk_frames``: frames
-        per chunk. ``output_path``: also write the MP4 progressively (finalised after the last
+        per chunk, at most (big full-image frames come in smaller chunks: see :data:`CHUNK_BYTES`).
+        ``output_path``: also write the MP4 progressively (finalised after the last
         chunk; deleted if the stream fails or is abandoned). ``render=False`` yields landmarks
         and motion only (``frames`` is an empty array).
 
@@ -279,13 +335,11 @@ class ModaPipeline(DiffusionPipeline):
             >>> for chunk in pipe.stream(image="face.jpg", audio="speech.wav", output_path="live.mp4"):
             ...     show(chunk.frames)
         """
-        if chunk_frames < 1:
-            raise InvalidParameterError(f"chunk_frames={chunk_frames!r} — use a positive number of frames")
-        self.check_inputs(kwargs.get("audio", audio), text, kwargs.get("fps", 30), "mp4",
-                          kwargs.get("temperature", 1.0), kwargs.get("mouth_scale", 1.0),
-                          kwargs.get("head_motion_scale", 1.0), kwargs.get("blink_rate", 17.0), output_size)
-        if output_path is not None:
-            output_path = check_output_path(output_path)     # before any work
+        if not _is_whole(chunk_frames) or chunk_frames < 1:
+            raise InvalidParameterError(f"chunk_frames={chunk_frames!r} — use a positive whole number of frames")
+        self._check_call(image, audio, text, "mp4", output_size, kwargs)
+        if output_path is not None:                          # before any work
+            output_path = check_output_file(output_path, VIDEO, inputs=(image, audio), overwrite=overwrite)
         session = self.prepare(image, audio, text, **kwargs)
         yield from self._render_session(session, chunk_frames, output_size, output_path, render,
                                         kwargs.get("callback"))
@@ -301,6 +355,7 @@ class ModaPipeline(DiffusionPipeline):
         writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
             if output_path else None
         n = session.num_frames
+        chunk_frames = frames_per_chunk(prepared, chunk_frames)     # full-size frames of a big photo: fewer
         try:
             for start in range(0, n, chunk_frames):
                 stop = min(n, start + chunk_frames)
@@ -325,7 +380,7 @@ class ModaPipeline(DiffusionPipeline):
                  temperature: float = 1.0, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
                  blink_rate: float = 17.0, still: bool = False, fps: int = 30, face_index: Optional[int] = None,
                  output_size: Optional[int] = None, output_type: str = "mp4", output_path: Optional[str] = None,
-                 max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
+                 overwrite: bool = False, max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
                  callback: Optional[Callable[[str, float], None]] = None) -> ModaPipelineOutput:
         r"""Animate ``image`` with ``audio`` (or ``text`` spoken by espeak-ng).
 
@@ -337,7 +392,8 @@ class ModaPipeline(DiffusionPipeline):
             text (str, optional): text spoken by espeak-ng instead of ``audio``.
             sample_rate (int, optional): sample rate of an ``audio`` array (default 16000).
             voice (str, default "en-us"), speech_rate (int, default 165 words/min): for ``text``.
-            generator (torch.Generator, optional): the only source of randomness (blinks, head motion).
+            generator (torch.Generator or a list of one, optional): the only source of randomness (blinks,
+                head motion); anything else (an int, a numpy Generator) is refused by name.
             temperature (float, default 1.0): scale of the sampled latent; 0 gives the mean motion.
             mouth_scale (float, default 1.0): lip motion amplitude.
             head_motion_scale (float, default 1.0): head-pose and torso motion amplitude.
@@ -348,26 +404,29 @@ class ModaPipeline(DiffusionPipeline):
             output_size (int, optional): 256 or 512 for a square face crop, 0 for the full image
                 pasted back; None uses the renderer's default.
             output_type (str, default "mp4"): "mp4" | "np" | "pil" | "landmarks" (no rendering).
-            output_path (str, optional): where the MP4 goes (default "outputs/moda.mp4").
+            output_path (str, optional): where the MP4 goes (default "outputs/moda.mp4"); must end in
+                .mp4 or .m4v; never an input of the call, a device, FIFO or a link into another folder
+                (rules in :mod:`moda_hub.output_paths`). An existing MP4 there is replaced.
+            overwrite (bool, default False): also replace an existing file that is not an MP4.
             max_audio_seconds (float or None, default 600): refuse longer speech with
                 ``InputTooLongError`` before any work; None = no limit.
             callback (callable, optional): ``callback(stage: str, fraction: float)`` for progress.
 
         Returns:
-            [`ModaPipelineOutput`]: video_path, frames, landmarks (T, 478, 3) image pixels, motion, fps.
+            [`ModaPipelineOutput`]: video_path (normalised absolute path), frames, landmarks (T, 478, 3)
+            image pixels, motion, fps.
         """
-        # 0. inputs
-        self.check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
-                          blink_rate, output_size)
-        report = callback or (lambda stage, fraction: None)
+        # 0. inputs and the output path, before any work
         kwargs = dict(sample_rate=sample_rate, voice=voice, speech_rate=speech_rate, generator=generator,
                       temperature=temperature, mouth_scale=mouth_scale, head_motion_scale=head_motion_scale,
                       blink_rate=blink_rate, still=still, fps=fps, face_index=face_index,
                       max_audio_seconds=max_audio_seconds, callback=callback)
+        self._check_call(image, audio, text, output_type, output_size, kwargs)
+        report = callback or (lambda stage, fraction: None)
         video_path = None
         if output_type == "mp4":
-            video_path = output_path or os.path.join("outputs", "moda.mp4")
-            check_output_path(video_path)                    # before any work
+            video_path = check_output_file(output_path or os.path.join("outputs", "moda.mp4"), VIDEO,
+                                           inputs=(image, audio), overwrite=overwrite)
         # 1-7. portrait, speech, stage 1, stage 2, render, encode: chunk by chunk, into arrays
         # allocated once (a list of chunks + concatenate would hold everything twice at the end)
         session = self.prepare(image, audio, text, **kwargs)
@@ -391,6 +450,48 @@ class ModaPipeline(DiffusionPipeline):
         report("done", 1.0)
         return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
+
+
+def frames_per_chunk(prepared, chunk_frames: int) -> int:
+    """``chunk_frames``, lowered so that one chunk of output frames stays within :data:`CHUNK_BYTES`
+    (at least 1 frame). ``prepared``: the renderer's prepared portrait (its ``output_hw`` gives the
+    frame size; None or unknown keeps ``chunk_frames``). Chunking never changes the frames."""
+    hw = getattr(prepared, "output_hw", None)
+    if not hw:
+        return chunk_frames
+    return max(1, min(int(chunk_frames), CHUNK_BYTES // (3 * int(hw[0]) * int(hw[1]))))
+
+
+def _is_number(value) -> bool:
+    """A real number: int, float or a numpy scalar of those (not bool, not str)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_whole(value) -> bool:
+    """A whole number: int, numpy integer, or an integral float (not bool, not str)."""
+    return _is_number(value) and np.isfinite(value) and float(value) == int(value)
+
+
+def _type_hint(value, expected: str) -> str:
+    """" (a str where <expected> is expected)" for a value of the wrong type, else ""."""
+    return "" if _is_number(value) else f" ({type(value).__name__} given where {expected} is expected)"
+
+
+def _one_generator(generator) -> Optional[torch.Generator]:
+    """The call's torch.Generator: None, a torch.Generator, or a list holding exactly one (one
+    video per call; pass one generator per variation, each in its own call)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) == 1 and isinstance(generator[0], torch.Generator):
+            return generator[0]
+        raise InvalidParameterError(f"generator is a {type(generator).__name__} of {len(generator)} — this "
+                                    "pipeline makes one video per call: pass one torch.Generator (call once per "
+                                    "variation, each with its own generator)")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = (f"torch.Generator().manual_seed({int(generator)})" if _is_whole(generator)
+                else "torch.Generator().manual_seed(0)")
+        raise InvalidParameterError(f"generator={generator!r} is a {type(generator).__name__} — pass a "
+                                    f"torch.Generator, e.g. {hint}")
+    return generator
 
 
 def _drop_local_paths(folder: str) -> None:

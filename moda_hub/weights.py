@@ -14,7 +14,10 @@ What is enforced (``ModaPipeline.from_pretrained`` calls :func:`load_pipeline`):
 - ``model_index.json`` names the pipeline class by name (no custom pipeline code from the
   folder) and every component comes from the ``moda_hub`` package (no other module is
   imported on the folder's say-so); ``trust_remote_code`` and ``custom_pipeline`` are refused;
-- each weighted component (a diffusers ``ModelMixin``) has its config and a readable
+- each weighted component (a diffusers ``ModelMixin``) stays under a size cap read from its
+  safetensors headers (:data:`MAX_PARAMETERS`, :data:`MAX_WEIGHT_BYTES`), its config is checked
+  against those headers while the model is built on the meta device (stopped as soon as it asks
+  for more values than the file holds), and it has a readable
   safetensors file whose tensors are exactly those the model expects, with the same shapes
   (no missing, extra or resized tensor), all finite.
 
@@ -41,6 +44,14 @@ FIX = "re-download the pipeline, or rebuild it with `make train`"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+#: Size cap per weighted component, checked from the safetensors headers before anything is
+#: built: values (parameters + buffers) and bytes on disk. moda-base's largest component holds
+#: about 1.2 million values; a 2-billion-value component is no moda-hub model.
+MAX_PARAMETERS = 2_000_000_000
+MAX_WEIGHT_BYTES = 8 * 2 ** 30
+#: Submodules a component may create while its config is checked (moda-base: a few hundred).
+MAX_MODULES = 100_000
 
 #: Components may only come from these packages.
 ALLOWED_LIBRARIES = ("moda_hub",)
@@ -159,28 +170,84 @@ def _check_component_folder(folder: str, component: str, cls) -> None:
     saved: Dict[str, tuple] = {}
     for path in files:
         saved.update(read_header(path))
-    _compare(saved, _expected_shapes(cls, sub, config_path), files[0] if len(files) == 1 else sub, component)
+    shown = files[0] if len(files) == 1 else sub
+    _check_size(saved, files, shown, component)
+    _compare(saved, _expected_shapes(cls, sub, config_path, budget=_numel(saved.values())), shown, component)
 
 
-def _expected_shapes(cls, component_folder: str, config_path: str) -> Dict[str, tuple]:
+def _numel(shapes) -> int:
+    total = 0
+    for shape in shapes:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n
+    return total
+
+
+def _check_size(saved: Dict[str, tuple], files: List[str], shown: str, component: str) -> None:
+    """The size cap: at most :data:`MAX_PARAMETERS` values and :data:`MAX_WEIGHT_BYTES` bytes of
+    weights per component, read from the headers (nothing is loaded)."""
+    count = _numel(saved.values())
+    size = sum(os.path.getsize(p) for p in files)
+    if count > MAX_PARAMETERS or size > MAX_WEIGHT_BYTES:
+        raise WeightsError(f"the {component} weights {shown!r} hold {count:,} values ({size / 2 ** 30:.1f} GiB), "
+                           f"more than moda-hub loads for one component ({MAX_PARAMETERS:,} values, "
+                           f"{MAX_WEIGHT_BYTES / 2 ** 30:.0f} GiB) — this is not a moda-hub pipeline; {FIX}")
+
+
+class _TooBig(Exception):
+    """Raised inside a model's constructor once it asks for more than its weights file holds."""
+
+
+def _expected_shapes(cls, component_folder: str, config_path: str, budget: int = None) -> Dict[str, tuple]:
     """``{tensor name: shape}`` the component's config asks for, from a model built on the
-    meta device (no memory, no weights). Config warnings are left to the real load."""
+    meta device (no memory, no weights). Config warnings are left to the real load.
+
+    ``budget`` (values in the safetensors file): the construction is stopped as soon as the
+    config asks for more parameters and buffers than that (plus a margin), or for more than
+    :data:`MAX_MODULES` submodules — a config with ``n_layers`` 10**6 fails at once instead of
+    building a million layers (even on the meta device that takes hours and gigabytes)."""
     import torch
+    import torch.nn.modules.module as module_hooks
     from diffusers.utils import logging as diffusers_logging
 
     try:
         config = cls.load_config(component_folder)
     except Exception as err:  # noqa: BLE001
         raise WeightsError(f"the config {config_path!r} cannot be read ({_one_line(err)}) — {FIX}") from None
+    limit = None if budget is None else 2 * budget + 1_000_000      # buffers and non-saved tensors: margin
+    asked = {"values": 0, "modules": 0}
+
+    def on_tensor(module, name, tensor):
+        if tensor is not None and limit is not None:
+            asked["values"] += tensor.numel()
+            if asked["values"] > limit:
+                raise _TooBig(f"more than {limit:,} values")
+
+    def on_module(module, name, submodule):
+        asked["modules"] += 1
+        if asked["modules"] > MAX_MODULES:
+            raise _TooBig(f"more than {MAX_MODULES:,} submodules")
+
+    hooks = [module_hooks.register_module_parameter_registration_hook(on_tensor),
+             module_hooks.register_module_buffer_registration_hook(on_tensor),
+             module_hooks.register_module_module_registration_hook(on_module)]
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
         with torch.device("meta"):
             model = cls.from_config(config)
+    except _TooBig as err:
+        raise WeightsError(f"the config {config_path!r} asks for a far larger {cls.__name__} than its weights "
+                           f"hold ({err}; the weights have {budget:,}) — config and weights do not match; "
+                           f"{FIX}") from None
     except Exception as err:  # noqa: BLE001 - a config the class rejects
         raise WeightsError(f"the config {config_path!r} does not describe a valid "
                            f"{cls.__name__} ({_one_line(err)}) — {FIX}") from None
     finally:
+        for hook in hooks:
+            hook.remove()
         diffusers_logging.set_verbosity(verbosity)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

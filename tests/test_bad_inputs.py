@@ -139,12 +139,23 @@ class Media:
         process so this process never holds the full-size image."""
         path = self.path("huge_10000.jpg")
         if not path.exists():
-            from moda_hub.video import ffmpeg_exe
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
             src = self.image_file("astronaut.png", self.astronaut_pil())
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
                             "-i", "color=c=gray:s=10000x10000", "-i", src, "-filter_complex",
                             "[1:v]scale=2048:2048[f];[0:v][f]overlay=4000:3000", "-frames:v", "1",
                             "-q:v", "8", str(path)], check=True, timeout=120)
+        return str(path)
+
+    def big_png(self, side: int) -> str:
+        """A side x side gray PNG (a few hundred KB: it compresses to nothing), made by ffmpeg in its
+        own process."""
+        path = self.path(f"big_{side}.png")
+        if not path.exists():
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
+            subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                            "-i", f"color=c=gray:s={side}x{side}", "-frames:v", "1", str(path)],
+                           check=True, timeout=120)
         return str(path)
 
     def jpeg_bytes(self) -> bytes:
@@ -201,7 +212,7 @@ class Media:
     def speech_mp3(self) -> str:
         path = self.path("speech.mp3")
         if not path.exists():
-            from moda_hub.video import ffmpeg_exe
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
             wav = self.wav_file("speech16k.wav", self.speech, SR)
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", wav,
                             "-c:a", "libmp3lame", "-b:a", "64k", str(path)], check=True, timeout=60)
@@ -280,6 +291,105 @@ def _right_face(out, kwargs, media, pipe) -> None:
 def _video_written(out, kwargs, media, pipe) -> None:
     from moda_hub.video import read_video_info
     assert out.video_path == kwargs["output_path"] and os.path.isfile(out.video_path)
+    assert not [p for p in Path(out.video_path).parent.iterdir() if p.name.startswith(".moda")]
+    assert read_video_info(out.video_path)["codecs"] == ["h264", "aac"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels and holds the first rows only: a decompression
+    bomb is decided from its header, so the rest is never needed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (3 * width + 1) * 4)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _phone_photo(m) -> str:
+    """A 4000 x 3000 (12 MP) PNG with the astronaut's face scaled x2 in it, like a phone photo."""
+    path = m.path("phone_12mp.png")
+    if not path.exists():
+        canvas = Image.new("RGB", (4000, 3000), (96, 110, 120))
+        canvas.paste(m.astronaut_pil().resize((1024, 1024)), (1500, 900))
+        canvas.save(path)
+    return str(path)
+
+
+def _output_is(path: str, audio: bool = False, image: bool = False) -> dict:
+    kwargs = {"output_type": "mp4", "output_path": path}
+    if audio:
+        kwargs["audio"] = path
+    if image:
+        kwargs["image"] = path
+    kwargs["_untouched"] = {path: Path(path).read_bytes()}
+    return kwargs
+
+
+def _hard_link_to_speech(m, t) -> dict:
+    speech = m.wav_file("in.wav", m.speech, SR)
+    link = t / "another_name.mp4"
+    os.link(speech, link)
+    return {"output_type": "mp4", "audio": speech, "output_path": str(link),
+            "_untouched": {speech: Path(speech).read_bytes()}}
+
+
+def _inputs_untouched(out, kwargs, media, pipe) -> None:
+    for path, data in kwargs["_untouched"].items():
+        assert Path(path).read_bytes() == data, f"{path} was changed"
+    assert not [p for p in Path(kwargs["output_path"]).parent.iterdir() if p.name.startswith(".moda")]
+
+
+def _fifo(tmp: Path) -> str:
+    path = tmp / "pipe.mp4"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _device_node(tmp: Path) -> str:
+    """A character device like /dev/null (made with mknod as root, else /dev/null itself)."""
+    import stat as stat_module
+    path = tmp / "null.mp4"
+    try:
+        os.mknod(path, 0o666 | stat_module.S_IFCHR, os.makedev(1, 3))
+        return str(path)
+    except PermissionError:
+        return "/dev/null"
+
+
+def _device_node_untouched(out, kwargs, media, pipe) -> None:
+    import stat as stat_module
+    assert stat_module.S_ISCHR(os.lstat(kwargs["output_path"]).st_mode)
+
+
+def _link_elsewhere(tmp: Path) -> str:
+    (tmp / "elsewhere").mkdir()
+    target = tmp / "elsewhere" / "precious.mp4"
+    target.write_bytes(b"precious")
+    (tmp / "out").mkdir()
+    link = tmp / "out" / "clip.mp4"
+    link.symlink_to(target)
+    return str(link)
+
+
+def _link_target_untouched(out, kwargs, media, pipe) -> None:
+    link = Path(kwargs["output_path"])
+    assert link.is_symlink() and link.resolve().read_bytes() == b"precious"
+
+
+def _existing(tmp: Path, name: str, data) -> str:
+    path = tmp / name
+    path.write_bytes(Path(data).read_bytes() if isinstance(data, str) else data)
+    return str(path)
+
+
+def _video_written_at_the_normalised_path(out, kwargs, media, pipe) -> None:
+    from moda_hub.video import read_video_info
+    normal = os.path.normpath(kwargs["output_path"])
+    assert out.video_path == normal and ".." not in out.video_path
     assert read_video_info(out.video_path)["codecs"] == ["h264", "aac"]
 
 
@@ -352,6 +462,12 @@ CASES = [
     Case("image-exif-rotated", lambda m, t: {"image": m.exif_rotated(), "audio": (SR, m.speech)}, "valid",
          check=_upright_and_where_the_plain_image_puts_it),
     Case("image-10000x10000-jpeg", img(lambda m, t: m.huge_jpeg()), "valid", check=_huge_image_is_downscaled),
+    Case("image-144-megapixel-png", img(lambda m, t: m.big_png(12000)), ImageDecodeError,
+         r"is 12000 x 12000 pixels \(144 megapixels\), more than the 40 megapixels", within=3.0),
+    Case("image-400-megapixel-png-bomb", img(lambda m, t: m.raw_file("bomb.png", _png_header_only(20000, 20000))),
+         ImageDecodeError,
+         r"too large to decode safely", within=3.0),
+    Case("image-12-megapixel-png-full-size", lambda m, t: {"image": _phone_photo(m), "output_size": 0}, "valid"),
     Case("image-truncated-jpeg", img(lambda m, t: m.raw_file("truncated.jpg", m.jpeg_bytes()[:20000])),
          ImageDecodeError, r"'.*truncated\.jpg' is truncated or corrupt"),
     Case("image-text-named-jpg", img(lambda m, t: m.raw_file("notes.jpg", b"these are notes, not a photo\n" * 50)),
@@ -433,6 +549,71 @@ CASES = [
     Case("output-under-a-file", lambda m, t: {
         "output_type": "mp4", "output_path": m.raw_file("plain.txt", b"x") + "/out.mp4"},
          OutputPathError, "is a file, not a folder"),
+    # ---- parameters of the wrong type (issue 21): numpy scalars are numbers, strings never are
+    Case("param-numpy-float32-scales", par(temperature=np.float32(1.0), mouth_scale=np.float32(1.0),
+                                           head_motion_scale=np.float64(0.5), blink_rate=np.int64(10)), "valid"),
+    Case("param-numpy-int-fps-and-face-index", par(fps=np.int64(25), face_index=np.int32(0)), "valid"),
+    Case("param-temperature-string", par(temperature="1.0"), InvalidParameterError,
+         r"temperature='1\.0' is a str — pass a number"),
+    Case("param-mouth-scale-bool", par(mouth_scale=True), InvalidParameterError, r"mouth_scale=True is a bool"),
+    Case("param-still-string-no", par(still="no"), InvalidParameterError, r"still='no' is a str — pass True"),
+    Case("param-still-numpy-bool", par(still=np.bool_(True)), "valid"),
+    Case("param-face-index-string", par(face_index="0"), InvalidParameterError,
+         r"face_index='0' is a str — pass a whole number"),
+    Case("param-max-audio-seconds-string", par(max_audio_seconds="600"), InvalidParameterError,
+         r"max_audio_seconds='600'.*str given where a number is expected"),
+    Case("param-max-audio-seconds-zero", par(max_audio_seconds=0), InvalidParameterError,
+         r"max_audio_seconds=0 — pass a positive number"),
+    Case("param-fps-string", par(fps="30"), InvalidParameterError, r"fps='30' is not supported.*str given"),
+    Case("param-output-size-string", par(output_size="0"), InvalidParameterError, r"output_size='0'.*str given"),
+    Case("param-speech-rate-0", txt("Hello.", speech_rate=0), InvalidParameterError,
+         r"speech_rate=0 is out of range — use a whole number of words per minute from 80 to 450"),
+    Case("param-text-not-a-string", txt(12345), InvalidParameterError, r"text is a int — pass the words"),
+    Case("param-generator-int", par(generator=5), InvalidParameterError,
+         r"generator=5 is a int — pass a torch\.Generator, e\.g\. torch\.Generator\(\)\.manual_seed\(5\)"),
+    Case("param-generator-numpy", par(generator=np.random.default_rng(0)), InvalidParameterError,
+         r"is a Generator — pass a torch\.Generator"),
+    Case("param-generator-list-of-one", par(generator=[torch.Generator().manual_seed(0)]), "valid"),
+    Case("param-generator-list-of-two", par(generator=[torch.Generator(), torch.Generator()]),
+         InvalidParameterError, r"generator is a list of 2 — this pipeline makes one video per call"),
+    Case("param-sample-rate-string", aud(lambda m, t: m.speech, sample_rate="16000"), InvalidParameterError,
+         r"sample_rate='16000'"),
+    # ---- outputs that would destroy or mislabel something (issue 21)
+    Case("output-is-the-input-speech", lambda m, t: _output_is(m.wav_file("in.wav", m.speech, SR), audio=True),
+         OutputPathError, r"is an input of this call and would be destroyed", check=_inputs_untouched, within=2.0),
+    Case("output-is-the-input-portrait", lambda m, t: _output_is(m.image_file("face_in.png", m.astronaut_pil()),
+                                                                   image=True),
+         OutputPathError, r"is an input of this call", check=_inputs_untouched, within=2.0),
+    Case("output-is-a-hard-link-to-the-speech", lambda m, t: _hard_link_to_speech(m, t), OutputPathError,
+         r"is an input of this call", check=_inputs_untouched),
+    Case("output-gif-extension", lambda m, t: {"output_type": "mp4", "output_path": str(t / "clip.gif")},
+         OutputPathError, r"ends in '\.gif', but an MP4 video is written — use a path ending in \.mp4"),
+    Case("output-no-extension", lambda m, t: {"output_type": "mp4", "output_path": str(t / "clip")},
+         OutputPathError, r"ends in 'no extension'"),
+    Case("output-a-fifo", lambda m, t: {"output_type": "mp4", "output_path": _fifo(t)}, OutputPathError,
+         r"is a FIFO \(named pipe\), which is never replaced", within=2.0),
+    Case("output-a-device-node", lambda m, t: {"output_type": "mp4", "output_path": _device_node(t)},
+         OutputPathError, r"is a device node, which is never replaced", check=_device_node_untouched, within=2.0),
+    Case("output-a-symlink-into-another-folder", lambda m, t: {"output_type": "mp4",
+                                                               "output_path": _link_elsewhere(t)},
+         OutputPathError, r"symbolic link into another folder", check=_link_target_untouched),
+    Case("output-an-existing-text-file", lambda m, t: {"output_type": "mp4",
+                                                       "output_path": _existing(t, "notes.mp4", b"my notes")},
+         OutputPathError, r"a file that is not an MP4 video is already there.*--overwrite"),
+    Case("output-an-existing-text-file-with-overwrite", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "overwrite": True,
+        "output_path": _existing(t, "notes.mp4", b"my notes")}, "valid", check=_video_written),
+    Case("output-an-existing-video-is-replaced", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": _existing(t, "old.mp4", m.speech_video())},
+         "valid", check=_video_written),
+    Case("output-dot-dot-through-missing-folders", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": str(t / "a" / "b" / ".." / ".." / "c" / "out.mp4")},
+         "valid", check=_video_written_at_the_normalised_path),
+    Case("output-250-character-name", lambda m, t: {
+        "output_type": "mp4", "output_size": 256, "output_path": str(t / ("n" * 246 + ".mp4"))},
+         "valid", check=_video_written),
+    Case("output-256-character-name", lambda m, t: {"output_type": "mp4", "output_path": str(t / ("n" * 252 + ".mp4"))},
+         OutputPathError, r"file name is 256 bytes, more than the 255 this file system allows", within=2.0),
 ]
 
 
@@ -442,22 +623,25 @@ def test_bad_input_matrix(case: Case, pipe, media, tmp_path):
     kwargs = {"image": media.astronaut, "audio": (SR, media.speech), "output_type": "landmarks",
               "generator": torch.Generator().manual_seed(0)}
     kwargs.update(case.build(media, tmp_path))
+    call = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     start = time.perf_counter()
     try:
         if case.expect == "valid":
-            out = pipe(**kwargs)
+            out = pipe(**call)
             _valid(out, kwargs)
             if case.check is not None:
                 case.check(out, kwargs, media, pipe)
         else:
             assert issubclass(case.expect, ModaError)
             with pytest.raises(case.expect) as info:
-                pipe(**kwargs)
+                pipe(**call)
             message = str(info.value)
             assert "\n" not in message, "messages are one line"
             assert " — " in message, f"the message does not say what to do: {message}"
             if case.match:
                 assert re.search(case.match, message), f"{message!r} does not match {case.match!r}"
+            if case.check is not None:
+                case.check(None, kwargs, media, pipe)
     finally:
         for p in tmp_path.rglob("*"):                 # let pytest remove read-only folders
             if p.is_dir():
@@ -514,6 +698,34 @@ def test_huge_image_keeps_memory_bounded(pipe, media):
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     assert np.isfinite(out.landmarks).all()
     assert grown < 400, f"peak memory grew by {grown:.0f} MB for a 10000 x 10000 JPEG"
+
+
+@needs_weights
+def test_a_144_megapixel_png_is_refused_from_its_header(pipe, media):
+    """0.5 MB of PNG, 144 megapixels: it used to be decoded (CLI peak 1.6 GB); now the header decides."""
+    path = media.big_png(12000)
+    assert os.path.getsize(path) < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pytest.raises(ImageDecodeError, match="144 megapixels"):
+        pipe(image=path, audio=(SR, media.speech), output_type="landmarks")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 50
+
+
+@needs_weights
+def test_full_image_output_of_a_12_megapixel_photo_holds_a_few_frames_at_a_time(pipe, media):
+    """Full-image output of a 4000 x 3000 photo: chunks of at most CHUNK_BYTES of frames (2 frames,
+    not 32 = 1.2 GB), and the process's peak memory grows by far less than one 32-frame chunk."""
+    from moda_hub.pipeline import CHUNK_BYTES
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sizes = []
+    for chunk in pipe.stream(image=_phone_photo(media), audio=(SR, media.speech[:SR // 2]), output_size=0,
+                             chunk_frames=32, generator=torch.Generator().manual_seed(0)):
+        assert chunk.frames.shape[1:] == (3000, 4000, 3)
+        sizes.append(len(chunk.frames))
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    assert sum(sizes) == 15 and max(sizes) == CHUNK_BYTES // (3000 * 4000 * 3) == 2, sizes
+    assert grown < 700, f"peak memory grew by {grown:.0f} MB (one 32-frame chunk alone is 1150 MB)"
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -590,7 +802,32 @@ WEIGHT_CASES = {
         (f / "model_index.json").read_text().replace('"ModaPipeline"', '["pipeline", "Evil"]')),
                               r"custom pipeline code is never loaded"),
     "no-such-folder": (lambda f: __import__("shutil").rmtree(f), r"no pipeline folder"),
+    # issue 21: a config asking for a huge model fails from the headers, before anything is built
+    "config-asks-for-a-million-layers": (lambda f: _edit_config(f / "moda/config.json", n_layers=10 ** 6),
+                                         r"asks for a far larger ModaModel than its weights hold"),
+    "config-asks-for-a-huge-width": (lambda f: _edit_config(f / "composer/config.json", hidden=10 ** 7),
+                                     r"asks for a far larger FacialComposer than its weights hold"),
+    "weights-over-the-size-cap": (lambda f: _huge_header(f / WEIGHTS), r"more than moda-hub loads for one component"),
 }
+
+
+def _edit_config(path: Path, **values) -> None:
+    import json
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config))
+
+
+def _huge_header(path: Path) -> None:
+    """A safetensors file whose header declares a 3-billion-value tensor (the data is not there:
+    the size cap must refuse it from the header, before safetensors or torch look at the data)."""
+    import json
+    import struct
+    header = json.dumps({"w": {"dtype": "F32", "shape": [3, 10 ** 9], "data_offsets": [0, 12 * 10 ** 9]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 12 * 10 ** 9)          # sparse: no disk used
 
 
 @pytest.mark.parametrize("name", list(WEIGHT_CASES))
@@ -608,6 +845,23 @@ def test_broken_weights_raise_weights_error_naming_the_file(name, tiny_pipeline,
     message = str(info.value)
     assert re.search(pattern, message), message
     assert "make train" in message and "re-download" in message and "\n" not in message
+
+
+def test_a_config_asking_for_a_million_layers_fails_in_a_second_without_allocating(tiny_pipeline, tmp_path):
+    """Issue 21: it used to build the model layer by layer (2.9 GB and rising at 90 s)."""
+    import shutil
+
+    from moda_hub import ModaPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, folder)
+    _edit_config(folder / "moda/config.json", n_layers=10 ** 6)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match=r"moda/config\.json' asks for a far larger ModaModel"):
+        ModaPipeline.from_pretrained(str(folder))
+    assert time.perf_counter() - start < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
 
 
 def test_intact_tiny_pipeline_loads(tiny_pipeline):
@@ -668,3 +922,143 @@ def test_cli_bad_parameters_are_one_line(args, pattern, capsys, tmp_path, media)
                           capsys)
     assert code == 2 and len(lines) == 1 and pattern in lines[0], lines
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------- command line: outputs (issue 21)
+def _speech_file(media) -> str:
+    return media.wav_file("cli_speech.wav", media.speech, SR)
+
+
+def test_cli_out_dev_null_and_out_the_input_speech_leave_both_untouched_with_one_line(capsys, tmp_path, media):
+    """As root (CI runs as root) --out /dev/null used to replace the system's /dev/null by an MP4, and
+    --out <the speech> overwrote the speech. Both must be refused before any work, in one line."""
+    import stat as stat_module
+    speech = _speech_file(media)
+    before = Path(speech).read_bytes()
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    model = str(tmp_path / "never-loaded")                  # the refusal comes before the weights load
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--out", speech], capsys)
+    assert code == 2 and len(lines) == 1 and "is an input of this call" in lines[0], lines
+    assert Path(speech).read_bytes() == before
+    # a private copy of the device first: only when that is refused is the real /dev/null tried
+    private = _device_node(tmp_path)
+    for node in dict.fromkeys([private, "/dev/null"]):
+        device = os.lstat(node)
+        code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--out", node], capsys)
+        assert code == 2 and len(lines) == 1 and "is a device node, which is never replaced" in lines[0], lines
+        after = os.lstat(node)
+        assert stat_module.S_ISCHR(after.st_mode) and after.st_rdev == device.st_rdev and after.st_ino == device.st_ino
+    assert Path(speech).read_bytes() == before
+    for flag in ("--out", "--landmarks"):           # --overwrite never makes an input or a device writable
+        code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--model", model, "--overwrite",
+                               flag, speech] + (["--out", str(tmp_path / "o.mp4")] if flag == "--landmarks" else []),
+                              capsys)
+        assert code == 2 and len(lines) == 1 and ("is an input" in lines[0] or "ends in '.wav'" in lines[0]), lines
+    assert Path(speech).read_bytes() == before
+
+
+def test_cli_outputs_are_checked_together_before_any_work(capsys, tmp_path, media):
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    model = str(tmp_path / "never-loaded")
+    cases = [(["--out", str(tmp_path / "same.mp4"), "--landmarks", str(tmp_path / "same.mp4")], "ends in '.mp4'"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", str(tmp_path / "lm.json")], "ends in '.json'"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", _fifo(tmp_path)], "is a FIFO"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", _existing(tmp_path, "notes.npz", b"notes")],
+              "a file that is not a landmarks .npz is already there"),
+             (["--out", str(tmp_path / "v.mp4"), "--landmarks", m_read_only := _read_only_dir(tmp_path)[:-4] + ".npz"],
+              "read-only")]
+    try:
+        for args, pattern in cases:
+            code, lines, elapsed = _cli(["generate", "--image", image, "--audio", speech, "--model", model, *args],
+                                        capsys)
+            assert code == 2 and len(lines) == 1 and pattern in lines[0] and elapsed < 5, (args, lines)
+            assert not (tmp_path / "v.mp4").exists()
+    finally:
+        Path(m_read_only).parent.chmod(0o755)
+
+
+@needs_weights
+def test_cli_landmarks_into_a_missing_folder_are_written_with_the_video(capsys, tmp_path, media):
+    """It used to write the video, then fail on the landmarks (exit 1, a ResourceWarning)."""
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    video, marks = tmp_path / "v" / "clip.mp4", tmp_path / "new" / "deeper" / "clip.npz"
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--size", "256", "--out",
+                           str(tmp_path / "v" / ".." / "v" / "clip.mp4"), "--landmarks", str(marks)], capsys)
+    assert code == 0 and lines == [], lines
+    with np.load(marks) as data:
+        assert data["landmarks"].shape[1:] == (478, 3) and float(data["fps"]) == 30
+    assert video.is_file() and sorted(p.name for p in video.parent.iterdir()) == ["clip.mp4"]
+    assert sorted(p.name for p in marks.parent.iterdir()) == ["clip.npz"]
+
+
+@needs_weights
+def test_cli_when_the_landmarks_cannot_be_written_neither_output_appears(capsys, tmp_path, media, monkeypatch):
+    """Written together or not at all: a failure saving the .npz (here: the disk fills) leaves no video."""
+    speech = _speech_file(media)
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+
+    def disk_full(*args, **kwargs):
+        raise OutputPathError("cannot write the landmarks (No space left on device) — free some space")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    code, lines, _ = _cli(["generate", "--image", image, "--audio", speech, "--size", "256", "--out",
+                           str(tmp_path / "out" / "clip.mp4"), "--landmarks", str(tmp_path / "out" / "clip.npz")], capsys)
+    assert code == 2 and len(lines) == 1 and "No space left" in lines[0], lines
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").iterdir())
+
+
+def test_cli_speech_rate_0_names_the_flag_and_what_to_do(capsys, tmp_path):
+    code, lines, elapsed = _cli(["generate", "--image", "x.jpg", "--text", "hi", "--speech-rate", "0",
+                                 "--model", str(tmp_path / "never-loaded"), "--out", str(tmp_path / "o.mp4")], capsys)
+    assert code == 2 and lines == ["error: --speech-rate 0 is out of range — use 80 to 450 words per minute "
+                                   "(default 165)"] and elapsed < 5
+
+
+@needs_weights
+def test_ctrl_c_during_generate_text_is_one_line(tmp_path, media):
+    """A terminal's Ctrl-C reaches the whole process group: the espeak-ng and phone helpers used to
+    print their own KeyboardInterrupt tracebacks, interleaved with "error: interrupted"."""
+    from ctrl_c import interrupt_when_helpers_run
+
+    image = media.image_file("astronaut.png", media.astronaut_pil())
+    out = tmp_path / "clip.mp4"
+    code, stderr = interrupt_when_helpers_run(
+        [os.environ.get("PYTHON", __import__("sys").executable), "-m", "moda_hub.cli", "generate", "--image", image,
+         "--text", "Hello there, this sentence keeps the portrait talking for a little while longer.",
+         "--out", str(out)], ROOT)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 130 and lines == ["error: interrupted — nothing was written"], stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_outputs_appear_together_or_the_old_files_stay(tmp_path, monkeypatch):
+    """StagedOutputs: when moving the second output into place fails, the first is undone and the
+    files that were there before come back."""
+    from moda_hub.output_paths import StagedOutputs
+
+    video, marks = tmp_path / "clip.mp4", tmp_path / "sub" / "clip.npz"
+    video.write_bytes(b"old video")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(marks):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    with pytest.raises(OutputPathError, match="nothing was changed"):
+        with StagedOutputs() as staged:
+            Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+            Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+            monkeypatch.setattr(os, "replace", failing_replace)
+            staged.commit()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert video.read_bytes() == b"old video" and not marks.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]      # no temp files, no new folder
+    with StagedOutputs() as staged:
+        Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+        Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+        staged.commit()
+    assert video.read_bytes() == b"new video" and marks.read_bytes() == b"new marks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "sub"]

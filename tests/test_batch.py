@@ -118,3 +118,82 @@ def test_accelerate_launch_two_cpu_processes_split_rows_and_a_bad_row_does_not_s
     assert bad["row"] == 1 and bad["error"] == "NoFaceFoundError" and "wall.png" in bad["message"]
     assert sorted(os.listdir(out)) == ["00000_astronaut_text.mp4", "00002_astronaut_text.mp4",
                                        "done.jsonl", "errors.jsonl"]
+
+
+# ---------------------------------------------------------------------------------- careless manifests (issue 21)
+def _cli_lines(argv, capsys):
+    from moda_hub.cli import main
+    code = main(argv)
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_utf16_tab_separated_manifest_is_read(tmp_path):
+    """What a spreadsheet's "Unicode Text" export writes: UTF-16 with a BOM, tab-separated."""
+    PIL.Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    (tmp_path / "jobs.txt").write_bytes("image\ttext\tseed\nastronaut.png\tHéllo wörld.\t3\n".encode("utf-16"))
+    (row,) = read_manifest(tmp_path / "jobs.txt")
+    assert row.problem is None and row.text == "Héllo wörld." and row.seed == 3
+    assert row.image == str(tmp_path / "astronaut.png")
+
+
+def test_a_manifest_that_is_not_text_is_one_line_naming_the_line(tmp_path, capsys):
+    (tmp_path / "jobs.csv").write_bytes(b"image,text\na.png,hello\n\xff\xfe\x00garbage\x81\n")
+    code, lines = _cli_lines(["batch", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "is not utf-8 text (line 3" in lines[0] and "save it as 'CSV UTF-8'" in lines[0]
+
+
+def test_a_cell_over_the_csv_field_limit_fails_its_row_naming_row_and_column(tmp_path):
+    path = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "Hi."},
+                                     {"image": "astronaut.png", "text": "x" * 131_073}])
+    good, bad = read_manifest(path)                      # csv's own limit is 131 072: no _csv.Error
+    assert good.problem is None
+    assert bad.problem.startswith("column text: the cell is 131073 characters long, more than 100000")
+
+
+def test_a_null_byte_fails_its_row_naming_the_column(tmp_path):
+    (tmp_path / "jobs.csv").write_bytes(b"image,text\na.png,hel\x00lo\n")
+    (row,) = read_manifest(tmp_path / "jobs.csv")
+    assert row.problem == "column text: the cell holds a NUL character — remove it (the file may be binary, not CSV)"
+
+
+@pytest.mark.parametrize("where,pattern", [("file", r"is a file, not a folder"),
+                                           ("under-a-file", r"is a file, not a folder"),
+                                           ("read-only", r"is read-only")])
+def test_batch_out_that_cannot_be_a_folder_is_one_line_before_any_work(where, pattern, tmp_path, capsys):
+    manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "Hi."}])
+    (tmp_path / "taken").write_text("not a folder")
+    (tmp_path / "locked").mkdir(mode=0o555)
+    out = {"file": tmp_path / "taken", "under-a-file": tmp_path / "taken" / "out",
+           "read-only": tmp_path / "locked" / "out"}[where]
+    try:
+        code, lines = _cli_lines(["batch", str(manifest), "--out", str(out), "--model", str(tmp_path / "not-loaded")],
+                                 capsys)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    import re
+    assert re.search(pattern, lines[0]), lines
+    assert (tmp_path / "taken").read_text() == "not a folder" and not (tmp_path / "locked" / "out").exists()
+
+
+@needs_model
+def test_ctrl_c_during_a_batch_is_one_line_and_the_same_command_resumes(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group: the espeak-ng and phone helper
+    processes must not print their own KeyboardInterrupt tracebacks; the batch resumes."""
+    from ctrl_c import interrupt_when_helpers_run
+
+    manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "One, a little longer.", "size": "256"}])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "moda_hub.cli", "batch", str(manifest), "--out", str(out), "--model", MODEL]
+    code, stderr = interrupt_when_helpers_run(cmd, ROOT)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 130 and lines == ["error: interrupted — run the same command again to resume (finished rows "
+                                     "are skipped)"], stderr[-3000:]
+    assert not [p for p in os.listdir(out) if p.startswith(".moda")], "a temporary file was left behind"
+    finished = [json.loads(line)["output"] for line in (out / "done.jsonl").read_text().splitlines()] \
+        if (out / "done.jsonl").exists() else []
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ("skipping" in resumed.stdout) == bool(finished)
+    assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["00000_astronaut_text.mp4"]

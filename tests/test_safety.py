@@ -234,7 +234,7 @@ def test_the_video_writer_works_only_inside_the_destination_folder(tmp_path, mon
     with Mp4Writer(out_dir / "clip.mp4", fps=10, audio=np.zeros(16000, np.float32), preset="ultrafast") as w:
         w.write(frames)
         during = _tree_of(out_dir)
-        assert during and all(p.startswith(".clip.mp4.") for p in during), during   # hidden, next to it
+        assert during and all(p.startswith(".moda-") for p in during), during   # hidden, next to it
     assert _tree_of(out_dir) == {"clip.mp4"}
     assert _tree_of(work) == set() and _tree_of(tmp) == set()
 

@@ -33,6 +33,10 @@ from moda_hub.errors import ImageDecodeError, InvalidParameterError
 ImageLike = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
 _WHAT_TO_DO = "use a JPEG, PNG or WebP portrait photo"
+#: Largest image a file is decoded at, pixels, decided from the file's header before decoding
+#: (JPEGs are first reduced by DCT scaling to about ``max_side``, so a 100-megapixel JPEG photo
+#: still loads). 40 MP as RGB is 120 MB; a 12 MP phone photo is well inside.
+MAX_DECODE_PIXELS = 40_000_000
 _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white
 
 
@@ -113,20 +117,32 @@ def _decode(fp: BinaryIO, name: str | None, max_side: int | None = None) -> Imag
     ``max_side``, JPEGs are decoded at the smallest DCT scale that keeps that many pixels."""
     shown = f"'{name}'" if name else "the image data"
     try:
-        im = Image.open(fp)
+        im = Image.open(fp)                       # reads the header only
         if max_side is not None and im.format == "JPEG" and max(im.size) > max_side:
             im.draft(None, (max_side, max_side))
+        _check_pixels(im, shown)                  # by pixel count, before a single pixel is decoded
         im.load()
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{shown} is not an image file PIL can read — "
                                f"{_WHAT_TO_DO}") from None
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{shown} is too large to decode safely ({e}) — "
-                               "downscale it below 100 megapixels") from None
+        raise ImageDecodeError(f"{shown} is too large to decode safely ({e}) — downscale it below "
+                               f"{MAX_DECODE_PIXELS / 1e6:.0f} megapixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"{shown} is truncated or corrupt ({e}) — re-export or "
                                f"re-download it; {_WHAT_TO_DO}") from None
     return _upright(im)
+
+
+def _check_pixels(im: Image.Image, shown: str) -> None:
+    """Refuse, from the header, a file whose decoded size (after any reduced JPEG decoding) is over
+    :data:`MAX_DECODE_PIXELS` — a 0.5 MB PNG can hold 144 megapixels (430 MB as RGB)."""
+    w, h = im.size
+    if w * h > MAX_DECODE_PIXELS:
+        raise ImageDecodeError(
+            f"{shown} is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels), more than the "
+            f"{MAX_DECODE_PIXELS / 1e6:.0f} megapixels a portrait is decoded at — downscale it (4096 px on the "
+            "longer side is plenty) or save it as a JPEG, which is decoded at reduced size")
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -4,7 +4,8 @@
 imports gradio, so every piece can be used (and tested) without a server:
 
 - :mod:`~moda_hub.space.config`   ``SpaceConfig``: every server setting, from arguments and env.
-- :mod:`~moda_hub.space.storage`  ``OutputStore``: one temporary folder per request, cleaned up.
+- :mod:`~moda_hub.space.storage`  ``OutputStore``: one temporary folder per request, cleaned up
+  (at once for failed or cancelled requests, after the TTL by a background sweep otherwise).
 - :mod:`~moda_hub.space.animate`  speech loading and the variations loop (video, mesh preview, .npz).
 - :mod:`~moda_hub.space.draw`     numbered face boxes, landmark/mesh drawing, side-by-side frames.
 - :mod:`~moda_hub.space.plots`    mouth aperture, eye openness and head pose over time (matplotlib).

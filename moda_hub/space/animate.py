@@ -25,7 +25,7 @@ import torch
 from moda_hub.audio import load_audio, synthesize_speech
 from moda_hub.errors import AudioDecodeError, InvalidParameterError
 from moda_hub.face.image import load_image
-from moda_hub.face.subject import prepare_subject
+from moda_hub.face.subject import MAX_IMAGE_SIDE, prepare_subject
 from moda_hub.video import Mp4Writer
 
 from .draw import side_by_side
@@ -155,7 +155,7 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
     options.check()
     pipe.check_inputs(wav, None, options.fps, "mp4", options.temperature, options.mouth_scale,
                       options.head_motion_scale, options.blink_rate, options.output_size)
-    rgb = load_image(image)
+    rgb = load_image(image, max_side=MAX_IMAGE_SIDE)     # huge photos: decided from the header, bounded
     n = int(options.variations)
     results = []
     for i in range(n):

@@ -1,0 +1,43 @@
+"""Ctrl-C as a terminal sends it: SIGINT to the command's whole process group."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+
+
+def interrupt_when_helpers_run(cmd, cwd, helpers: int = 2, timeout: float = 180.0) -> tuple[int, str]:
+    """Start ``cmd`` as a process-group leader (as a shell does for a foreground job), wait until it
+    runs ``helpers`` Python helper processes (espeak-ng, phone recognition) and a moment more, then
+    send SIGINT to the whole group. Returns (exit status, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _python_helpers(proc.pid) >= helpers:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the command ended before its helper processes ran"
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _python_helpers(pid: int) -> int:
+    """How many ``python -c ...`` helper processes run below ``pid`` (gone or zombie ones skipped)."""
+    count = 0
+    for kid in psutil.Process(pid).children(recursive=True):
+        try:
+            count += "-c" in kid.cmdline()
+        except psutil.Error:
+            continue
+    return count
