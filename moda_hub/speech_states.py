@@ -8,8 +8,8 @@ The 50 Hz states are then linearly interpolated to the centres ``(t + 0.5) / fps
 model's frames (state ``k`` is centred at ``k / 50`` s).
 
 :class:`EncoderStates` computes the windows on demand, so streaming needs only the first
-windows before its first frames; memory is the clip's log-mel power (80 x 100 floats a second)
-plus the output rows.
+windows before its first frames; memory is the clip's log-mel (80 x 100 floats a second), the
+output rows and the 50 Hz states of the last window or two.
 """
 from __future__ import annotations
 
@@ -61,8 +61,11 @@ class EncoderStates:
         overlap = int(round(OVERLAP_SECONDS * STATE_RATE))
         self._blend = [crossfade_weights(a, b, self.n_states, overlap).numpy() for a, b in self.windows]
         dim = encoder.config.d_model
-        self._states = np.zeros((self.n_states, dim), np.float32)         # weighted sums of 50 Hz states
-        self._wsum = np.zeros(self.n_states, np.float32)
+        # weighted sums of the 50 Hz states [base, base + len) still needed (a window or two, not
+        # the clip: states before the rows still to compute are dropped, so memory stays flat)
+        self._base = 0
+        self._states = np.zeros((0, dim), np.float32)
+        self._wsum = np.zeros(0, np.float32)
         self._done = 0                                                     # windows encoded
         self.array = np.zeros((self.num_frames, dim), np.float32)
         # frame t at (t + 0.5) / fps s interpolates states k0 and k1 = k0 + 1 (state k at k / 50 s)
@@ -77,13 +80,24 @@ class EncoderStates:
 
     def _encode_next(self) -> None:
         a, b = self.windows[self._done]
+        # drop the states no row still to compute reads (rows read k0 >= k0[ready]; this window
+        # and later ones start at a)
+        keep = min(a, int(self._k0[self._ready])) if self._ready < self.num_frames else a
+        if keep > self._base:
+            self._states, self._wsum = self._states[keep - self._base:], self._wsum[keep - self._base:]
+            self._base = keep
+        grow = b - self._base - len(self._wsum)
+        if grow > 0:
+            self._states = np.concatenate([self._states, np.zeros((grow, self._states.shape[1]), np.float32)])
+            self._wsum = np.concatenate([self._wsum, np.zeros(grow, np.float32)])
         if self._mel.shape[1] == 0:
             self._wsum[:] = 1.0
         else:
             states = self.encoder.encode(self._mel[:, 2 * a:2 * b]).cpu().numpy()[:b - a]
             w = self._blend[self._done][:len(states)]
-            self._states[a:a + len(states)] += states * w[:, None]
-            self._wsum[a:a + len(states)] += w
+            i = a - self._base
+            self._states[i:i + len(states)] += states * w[:, None]
+            self._wsum[i:i + len(states)] += w
         self._done += 1
 
     def upto(self, stop: int) -> np.ndarray:
@@ -99,7 +113,7 @@ class EncoderStates:
         final = self.windows[self._done][0] if self._done < len(self.windows) else self.n_states
         r0, r1 = self._ready, int(np.searchsorted(self._k1, final, side="left"))
         if r1 > r0:
-            k0, k1, w = self._k0[r0:r1], self._k1[r0:r1], self._w[r0:r1]
+            k0, k1, w = self._k0[r0:r1] - self._base, self._k1[r0:r1] - self._base, self._w[r0:r1]
             inv = 1.0 / np.maximum(self._wsum, 1e-6)[:, None]
             self.array[r0:r1] = self._states[k0] * inv[k0] * (1 - w) + self._states[k1] * inv[k1] * w
             self._ready = r1
