@@ -24,7 +24,7 @@ What is enforced (``ModaPipeline.from_pretrained`` calls :func:`load_pipeline`):
 Example:
     >>> from moda_hub.weights import check_pipeline_folder
     >>> check_pipeline_folder("pretrained/moda-base")          # raises WeightsError when broken
-    {'moda': 'ModaModel', 'composer': 'FacialComposer', 'renderer': 'WarpRenderer'}
+    {'moda': 'ModaModel', 'composer': 'FacialComposer', 'renderer': 'WarpRenderer', 'audio_encoder': 'WhisperTinyEncoder'}
 """
 from __future__ import annotations
 
