@@ -417,6 +417,8 @@ def prepare_videos(inputs, out_dir: str, crop_size: int = 256, val_fraction: flo
         next_shard = max(next_shard, shard + 1)
         next_subject = max(next_subject, subject_start + len(rec["utterances"]))
     bar.close()
+    if any(r["utterances"] for r in records.values()):
+        add_encoder_states(out_dir)           # what a stage 1 hearing the audio encoder trains on
     manifest = write_manifest(out_dir, [records[n] for n in names if n in records], failed, crop_size,
                               val_fraction, seed, val_names, smoothing)
     say(f"prepare: {len(manifest['videos'])} videos, {len(manifest['utterances'])} utterances, "
