@@ -873,7 +873,7 @@ def test_intact_tiny_pipeline_loads(tiny_pipeline):
 def test_shipped_weights_pass_every_check():
     from moda_hub.weights import check_pipeline_folder
     assert check_pipeline_folder(MODEL) == {"moda": "ModaModel", "composer": "FacialComposer",
-                                           "renderer": "WarpRenderer"}
+                                           "renderer": "WarpRenderer", "audio_encoder": "WhisperTinyEncoder"}
 
 
 # ---------------------------------------------------------------------------------- command line
