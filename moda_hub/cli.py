@@ -1,7 +1,9 @@
 """`moda` command line: generate | prepare | train | evaluate.
 
 Errors a user can act on are printed as one line (``error: ...``) with a non-zero exit
-status; ``--debug`` shows the full traceback instead.
+status; ``--debug`` shows the full traceback instead. Third-party log lines (MediaPipe's
+``W0000``/``I0000``, TensorFlow Lite's ``INFO``, diffusers) are kept off stderr unless
+``--verbose`` (:mod:`moda_hub.native_logs`).
 """
 from __future__ import annotations
 
@@ -199,6 +201,8 @@ COMMANDS = {"generate": (_add_generate, _generate), "prepare": (_add_prepare, _p
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moda", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party log lines (MediaPipe, TensorFlow Lite, diffusers)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
@@ -208,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
-    if not args.debug:   # stderr holds our progress and error lines, not library chatter
+    if not args.verbose:   # stderr holds our progress and error lines, not library chatter
+        from .native_logs import filter_native_stderr
+        filter_native_stderr()
+    if not (args.debug or args.verbose):
         from diffusers.utils import logging as diffusers_logging
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()

@@ -6,7 +6,7 @@ word as an event carrying the absolute sample index at which it starts in the au
 returns, so the timeline is exact (no forced alignment, no rounding to milliseconds).
 
 Phoneme alphabet: espeak-ng's own phoneme *mnemonics* (ASCII, Kirshenbaum-like, as printed
-by ``espeak-ng -x``), e.g. ``h @ l oU w 3: l d D I s tS aI``. The mnemonic of a phoneme
+by ``espeak-ng -x``, stress marks removed), e.g. ``h @ l oU w 3: l d D I s tS aI``. The mnemonic of a phoneme
 depends on the voice's phoneme table (language). Names starting with ``_`` are pauses
 (``_`` short, ``_:`` clause pause, ``_!`` glottal break ...); see :func:`is_pause`.
 IPA output (``espeakINITIALIZE_PHONEME_IPA``) is not used: it is a process-wide
@@ -17,14 +17,18 @@ the library here holds :data:`LOCK`.
 
 Determinism: espeak-ng carries state from one utterance to the next (pitch-flutter phase,
 wave phase) that no API resets, so in one process the same text gives slightly different
-samples depending on what was said before. :func:`speak` therefore synthesises, by default,
-in a child forked from a helper process whose espeak-ng has never spoken: equal inputs give
-bit-identical samples and timelines in any process and any order (about +30 ms a call; an
-espeak-ng crash on odd input then costs only that child). ``deterministic=False`` speaks
-in-process.
+samples depending on what was said before. Measured with the wheel's libespeak-ng 1.52
+(en-us, de, fr, cmn; the same sentence four times, another one spoken in between): in-process
+calls gave four different sample counts per language (e.g. 41697 / 41903 / 41702 / 41898
+samples for one German sentence) and different phoneme timings. :func:`speak` therefore
+synthesises, by default, in a child forked from a helper process whose espeak-ng has never
+spoken: equal inputs give bit-identical samples and timelines in any process and any order
+(5-10 ms a call after the helper's ~0.1 s start; an espeak-ng crash on odd input then costs
+only that child). ``deterministic=False`` speaks in-process (1-3 ms a call).
 
-Requires the system package ``espeak-ng`` (Debian/Ubuntu: ``apt-get install espeak-ng``).
-Set ``MODA_ESPEAK_LIBRARY`` to the library's path if it lives somewhere unusual.
+The library and its voice data come from the ``espeakng-loader`` wheel (libespeak-ng 1.52,
+114 languages): no system package is needed. ``MODA_ESPEAK_LIBRARY`` (and ``MODA_ESPEAK_DATA``)
+load another libespeak-ng instead; :func:`library_path` says which one a process uses.
 
 Example::
 
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import ctypes.util
 import os
 import sys
 import threading
@@ -54,6 +57,7 @@ __all__ = [
     "SpeechResult",
     "Voice",
     "is_pause",
+    "library_path",
     "list_variants",
     "list_voices",
     "resolve_voice",
@@ -87,6 +91,10 @@ _PARAM_PITCH = 3
 _PARAM_RANGE = 4
 _PARAM_WORDGAP = 7
 _EE_OK = 0
+
+#: Seed of espeak-ng's noise generator (breathy and whispering variants), set before every
+#: utterance so that equal inputs give equal samples.
+RAND_SEED = 1
 
 RATE_RANGE = (80, 450)  # words per minute, espeak-ng's accepted range
 PITCH_RANGE = (0, 100)  # espeak-ng's 0..100 pitch scale (50 = voice default)
@@ -195,20 +203,31 @@ _voices_cache: list[Voice] | None = None
 _variants_cache: list[Voice] | None = None
 
 
+def library_path() -> tuple[str, str | None]:
+    """``(library, data folder)`` this process loads: the libespeak-ng that the
+    ``espeakng-loader`` wheel ships and its voice data, or ``MODA_ESPEAK_LIBRARY`` (with
+    ``MODA_ESPEAK_DATA``, else the library's compiled-in data folder) when set."""
+    override = os.environ.get("MODA_ESPEAK_LIBRARY")
+    if override:
+        return override, os.environ.get("MODA_ESPEAK_DATA") or None
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise TextToSpeechError(
+            "espeakng-loader is not installed (it ships espeak-ng) — `pip install "
+            "espeakng-loader`, or pass recorded speech as audio instead.") from None
+    return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+
+
 def _load_library():
-    names = [os.environ.get("MODA_ESPEAK_LIBRARY"), "libespeak-ng.so.1",
-             ctypes.util.find_library("espeak-ng"), "libespeak-ng.dylib", "libespeak-ng.dll"]
-    errors = []
-    for name in [n for n in names if n]:
-        try:
-            return ctypes.CDLL(name)
-        except OSError as err:
-            errors.append(str(err))
-    raise TextToSpeechError(
-        "espeak-ng is not installed (libespeak-ng.so.1 not found) — install it with "
-        "`apt-get install espeak-ng` (macOS: `brew install espeak-ng`), or set "
-        "MODA_ESPEAK_LIBRARY to the library's path, or pass recorded speech as audio instead."
-    )
+    lib_path, data_path = library_path()
+    try:
+        return ctypes.CDLL(lib_path), data_path
+    except OSError as err:
+        raise TextToSpeechError(
+            f"cannot load espeak-ng from {lib_path!r} ({err}) — reinstall it with `pip install "
+            "--force-reinstall espeakng-loader`, or pass recorded speech as audio instead."
+        ) from None
 
 
 def _on_synth(wav, numsamples, events):  # called by espeak-ng inside espeak_Synth
@@ -236,7 +255,7 @@ def _ensure_initialised():
     global _lib, _sample_rate, _callback_ref
     if _lib is not None:
         return _lib
-    lib = _load_library()
+    lib, data_path = _load_library()
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_Initialize.restype = ctypes.c_int
     lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
@@ -252,14 +271,18 @@ def _ensure_initialised():
     lib.espeak_Synchronize.restype = ctypes.c_int
     lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+    if hasattr(lib, "espeak_ng_SetRandSeed"):   # 1.52+: its noise generator starts from time()
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
     lib.espeak_GetCurrentVoice.argtypes = []
     lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
-    sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None,
+    sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                               data_path.encode() if data_path else None,
                                _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
     if sr <= 0:
         raise TextToSpeechError(
-            "espeak-ng could not start (its voice data was not found) — reinstall it with "
-            "`apt-get install --reinstall espeak-ng espeak-ng-data`."
+            f"espeak-ng could not start (no voice data in {data_path!r}) — reinstall it with "
+            "`pip install --force-reinstall espeakng-loader`."
         )
     _callback_ref = _SynthCallback(_on_synth)
     lib.espeak_SetSynthCallback(_callback_ref)
@@ -428,6 +451,10 @@ def _synth_raw(text: str, resolved_voice: str, params: dict, end_pause: bool) ->
                            (_PARAM_VOLUME, "volume")):
             lib.espeak_SetParameter(param, int(params[key]), 0)
         data = text.encode("utf-8")
+        if hasattr(lib, "espeak_ng_SetRandSeed"):
+            # breathy variants (f2, f3, whisper, Alicia ...) mix in noise from espeak's random
+            # generator, which 1.52 seeds from the clock: the same seed for every utterance
+            lib.espeak_ng_SetRandSeed(RAND_SEED)
         _collect = {"chunks": [], "events": []}
         try:
             flags = _CHARS_UTF8 | (_ENDPAUSE if end_pause else 0)
@@ -723,7 +750,10 @@ def speak(
     events = [tuple(ev) for ev in raw["events"]]
     samples = np.frombuffer(raw["pcm"], dtype="<i2").astype(np.float32) / 32768.0
     n = len(samples)
-    phoneme_events = [(s, name) for typ, _, _, s, name in events if typ == _EVENT_PHONEME]
+    # libespeak-ng 1.52 prefixes stressed vowels with espeak's stress marks ("'V", ",oU");
+    # 1.51 did not: strip them so the alphabet stays the plain mnemonics.
+    phoneme_events = [(s, name.lstrip("',%=")) for typ, _, _, s, name in events
+                      if typ == _EVENT_PHONEME]
     if n == 0 or not any(not is_pause(name) for _, name in phoneme_events):
         raise TextToSpeechError(
             f"espeak-ng found nothing to say in {text[:40]!r} with voice {voice!r} — use "

@@ -294,10 +294,11 @@ class ModaPipeline(DiffusionPipeline):
         weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        # a batch of a multiple of 8 frames (last one repeated): GEMM kernels round a ragged tail
-        # of rows differently, and a frame's mesh must not depend on the chunk it falls in
+        # a batch of a multiple of 16 frames (last one repeated): GEMM kernels round a ragged tail
+        # of rows differently (AVX2 machines: multiples of 8 suffice; AVX-512 MKL also takes
+        # another path below 16 rows), and a frame's mesh must not depend on the chunk it falls in
         T = len(motion["lip"])
-        rows = np.minimum(np.arange(T + (-T) % 8), T - 1)
+        rows = np.minimum(np.arange(T + (-T) % 16), T - 1)
         lip = torch.from_numpy(motion["lip"][rows]).to(cond)
         eye = torch.from_numpy(motion["eye"][rows]).to(cond)
         dense = self.composer(lip, eye, cond).float().cpu().numpy()[:T]             # (T, 478, 3)

@@ -1,8 +1,13 @@
-"""MP4 writing (H.264 + AAC) and reading, through the ffmpeg binary that imageio-ffmpeg ships.
+"""MP4 writing (H.264 + AAC) and media reading, in process through PyAV (FFmpeg's libraries,
+libx264 included, shipped inside the ``av`` wheel): no ffmpeg binary, no pipes, no parsing.
 
-Everything goes through ``imageio_ffmpeg.get_ffmpeg_exe()`` run as a subprocess with an
-argument list (no shell). There is no ffprobe: stream information is parsed from
-``ffmpeg -i`` (see :func:`read_video_info`).
+- :func:`probe_media` / :func:`read_video_info`: container and stream facts from the headers.
+- :func:`iter_video_frames` / :func:`read_video_frames`: decoded RGB frames in display
+  orientation (the display-matrix rotation applied), optionally resampled in time by FFmpeg's
+  ``fps`` filter.
+- :func:`decode_audio`: any container's first audio track as mono float32 at a chosen rate
+  (FFmpeg's swresample).
+- :class:`Mp4Writer` / :func:`write_mp4`: streaming H.264 (libx264, yuv420p) + AAC.
 
 Writing is atomic: every file is made in a hidden temporary folder next to the destination
 and ``os.replace``'d into place at the end; on any failure the temporary folder is removed
@@ -25,16 +30,15 @@ Example::
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 import queue
+import shutil
 import tempfile
 import threading
 import weakref
 from fractions import Fraction
 from typing import Iterable, Iterator
 
+import av
 import cv2
 import numpy as np
 
@@ -44,7 +48,7 @@ from moda_hub.output_paths import temporary_name
 __all__ = [
     "Mp4Writer",
     "check_output_path",
-    "ffmpeg_exe",
+    "decode_audio",
     "iter_video_frames",
     "probe_media",
     "read_video_frames",
@@ -57,112 +61,68 @@ _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 6400
 _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
             "veryslow")
 
-
-def ffmpeg_exe() -> str:
-    """Path of imageio-ffmpeg's ffmpeg binary (``IMAGEIO_FFMPEG_EXE`` overrides it)."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise OutputPathError("imageio-ffmpeg is not installed — `pip install imageio-ffmpeg`")
-    return imageio_ffmpeg.get_ffmpeg_exe()
+av.logging.set_level(None)   # FFmpeg's own log lines stay off stderr; errors raise instead
 
 
-# --- probing (``ffmpeg -i``) ---------------------------------------------------------------
+# --- probing -------------------------------------------------------------------------------
 class _ProbeError(Exception):
-    """ffmpeg could not open the file; ``str()`` says why (turned into a ModaError by callers)."""
+    """FFmpeg could not open the file; ``str()`` says why (turned into a ModaError by callers)."""
 
 
-def _seconds(hms: str) -> float | None:
-    m = re.match(r"(\d+):(\d+):(\d+(?:\.\d+)?)", hms)
-    if not m:
-        return None
-    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+def _why(err: BaseException) -> str:
+    """FFmpeg's reason without the file name PyAV appends ("Invalid data found ...")."""
+    text = getattr(err, "strerror", None) or str(err)
+    return str(text).split(": '")[0].strip() or type(err).__name__
 
 
-def _number(text: str) -> float:
-    text = text.strip()
-    mult = 1.0
-    if text.endswith("k"):
-        text, mult = text[:-1], 1000.0
-    return float(text) * mult
+def _open(path: str):
+    try:
+        return av.open(path, "r", metadata_errors="replace")
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
+        raise _ProbeError(_why(err)) from None
 
 
-def _last_error_line(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    lines = [ln for ln in lines if "output file" not in ln.lower()] or lines
-    return lines[-1] if lines else "unknown error"
+def _rotation(container, stream) -> float:
+    """Display rotation of a video stream in degrees (counter-clockwise, as FFmpeg reports
+    it), read from the first decoded frame's display matrix; 0 when there is none."""
+    try:
+        container.seek(0)
+        for frame in container.decode(stream):
+            return float(frame.rotation or 0)
+    except (av.FFmpegError, ValueError):
+        pass
+    return 0.0
 
 
 def probe_media(path: str | os.PathLike) -> dict:
-    """Parse ``ffmpeg -i path`` into a dict (any media file: audio or video).
+    """Facts about any media file (audio or video) from its headers.
 
     Keys: ``duration`` (container, seconds, None when unknown — e.g. browser webm),
     ``streams``: list of dicts with ``type`` ("video"/"audio"/...), ``codec``, and for video
-    ``width``, ``height`` (coded), ``fps``, ``rotation`` (degrees), ``attached_pic`` (cover art);
-    for audio ``sample_rate`` (Hz), ``channels``. Raises ``_ProbeError`` (private) when ffmpeg
-    cannot open the file.
+    ``width``, ``height`` (coded), ``fps``, ``rotation`` (degrees, from the first frame's
+    display matrix), ``attached_pic`` (cover art); for audio ``sample_rate`` (Hz),
+    ``channels``. Raises ``_ProbeError`` (private) when FFmpeg cannot open the file.
     """
-    path = os.fspath(path)
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=120)
-    err = proc.stderr.decode("utf-8", "replace")
-    if "Input #0" not in err:
-        raise _ProbeError(_last_error_line(err))
-    text = err.split("Input #0", 1)[1]
-    text = re.split(r"\nInput #1|\nOutput #0|\nStream mapping", text)[0]
-    info: dict = {"duration": None, "streams": []}
-    m = re.search(r"Duration:\s*([0-9:.]+|N/A)", text)
-    if m and m.group(1) != "N/A":
-        info["duration"] = _seconds(m.group(1))
-    last_video = None
-    for line in text.splitlines():
-        sm = re.search(r"Stream #0:\d+\S*: (\w+): (.*)$", line)
-        if sm:
-            kind, rest = sm.group(1).lower(), sm.group(2)
-            flat = rest
-            for _ in range(3):  # drop parenthesised groups, nested ones too
-                flat = re.sub(r"\([^()]*\)", "", flat)
-            items = [it.strip() for it in flat.split(",")]
-            stream = {"type": kind, "codec": items[0].split()[0] if items[0] else ""}
+    with _open(os.fspath(path)) as container:
+        info: dict = {"duration": None, "streams": []}
+        if container.duration is not None and container.duration > 0:
+            info["duration"] = container.duration / av.time_base
+        for stream in container.streams:
+            kind = stream.type
+            codec = stream.codec_context.name if stream.codec_context else ""
+            entry = {"type": kind, "codec": codec}
             if kind == "video":
-                stream.update(width=None, height=None, fps=None, rotation=0.0,
-                              attached_pic="attached pic" in rest)
-                tbr = None
-                for it in items[1:]:
-                    size = re.match(r"(\d+)x(\d+)\b", it)
-                    if size and stream["width"] is None:
-                        stream["width"], stream["height"] = int(size.group(1)), int(size.group(2))
-                    fm = re.match(r"([\d.]+k?) fps$", it)
-                    if fm:
-                        stream["fps"] = _number(fm.group(1))
-                    tm = re.match(r"([\d.]+k?) tbr$", it)
-                    if tm:
-                        tbr = _number(tm.group(1))
-                if stream["fps"] is None:
-                    stream["fps"] = tbr
-                last_video = stream
+                rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+                attached = bool(stream.disposition & av.stream.Disposition.attached_pic)
+                entry.update(width=stream.codec_context.width or None,
+                             height=stream.codec_context.height or None,
+                             fps=float(rate) if rate else None,
+                             rotation=0.0 if attached else _rotation(container, stream),
+                             attached_pic=attached)
             elif kind == "audio":
-                stream.update(sample_rate=None, channels=None)
-                for it in items[1:]:
-                    hz = re.match(r"(\d+) Hz$", it)
-                    if hz:
-                        stream["sample_rate"] = int(hz.group(1))
-                    ch = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6,
-                          "octagonal": 8, "hexadecagonal": 16}.get(it)
-                    lm = re.match(r"(\d+)\.(\d+)$", it)  # "5.1" -> 6 channels
-                    cm = re.match(r"(\d+) channels", it)
-                    if ch is None and lm:
-                        ch = int(lm.group(1)) + int(lm.group(2))
-                    elif ch is None and cm:
-                        ch = int(cm.group(1))
-                    if ch is not None and stream["channels"] is None:
-                        stream["channels"] = ch
-            info["streams"].append(stream)
-            continue
-        rm = re.search(r"rotation of (-?[\d.]+) degrees", line)
-        if rm and last_video is not None:
-            last_video["rotation"] = float(rm.group(1))
+                entry.update(sample_rate=stream.codec_context.sample_rate or None,
+                             channels=stream.codec_context.channels or None)
+            info["streams"].append(entry)
     return info
 
 
@@ -172,7 +132,7 @@ def _video_stream(info: dict) -> dict | None:
 
 
 def read_video_info(path: str | os.PathLike, exact: bool = False) -> dict:
-    """Facts about a video (or audio) file, from ``ffmpeg -i`` (no ffprobe needed).
+    """Facts about a video (or audio) file, from its headers.
 
     Args:
         path: the media file.
@@ -181,15 +141,15 @@ def read_video_info(path: str | os.PathLike, exact: bool = False) -> dict:
 
     Returns:
         dict with ``duration`` (container, seconds, or None), ``fps`` (float or None),
-        ``width``, ``height`` (display size in pixels, after the rotation ffmpeg applies
-        when decoding), ``rotation`` (degrees), ``has_video``, ``has_audio``,
+        ``width``, ``height`` (display size in pixels, after the rotation applied when
+        decoding), ``rotation`` (degrees), ``has_video``, ``has_audio``,
         ``codecs`` (list of codec names in stream order, e.g. ``['h264', 'aac']``),
         ``video_codec``, ``audio_codec``, ``audio_sample_rate``, ``audio_channels``,
         ``streams`` (per-stream dicts). With ``exact``: ``n_frames`` (decoded video frames),
         ``video_duration`` (= n_frames / fps), ``audio_duration`` (decoded samples / rate).
 
     Raises:
-        InvalidParameterError: the file is missing or ffmpeg cannot read it.
+        InvalidParameterError: the file is missing or FFmpeg cannot read it.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -223,61 +183,128 @@ def read_video_info(path: str | os.PathLike, exact: bool = False) -> dict:
         "streams": info["streams"],
     }
     if exact:
-        if video is not None:
-            proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path,
-                                   "-map", "0:v:0", "-f", "null", "-"],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)
-            counts = re.findall(r"frame=\s*(\d+)", proc.stderr.decode("utf-8", "replace"))
-            out["n_frames"] = int(counts[-1]) if counts else 0
-            out["video_duration"] = out["n_frames"] / out["fps"] if out["fps"] else None
+        with _open(path) as container:
+            if video is not None:
+                stream = next(s for s in container.streams.video
+                              if not s.disposition & av.stream.Disposition.attached_pic)
+                out["n_frames"] = sum(1 for _ in container.decode(stream))
+                out["video_duration"] = out["n_frames"] / out["fps"] if out["fps"] else None
         if audio is not None:
             rate = audio["sample_rate"] or 48000
-            proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-                                   "-i", path, "-map", "0:a:0", "-ac", "1", "-f", "f32le", "-"],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL)
-            out["audio_duration"] = len(proc.stdout) / 4 / rate
+            out["audio_duration"] = len(decode_audio(path, rate)) / rate
     return out
+
+
+# --- decoding ------------------------------------------------------------------------------
+def decode_audio(path: str | os.PathLike, sample_rate: int,
+                 max_seconds: float | None = None) -> np.ndarray:
+    """The first audio track of any media file as (N,) float32 mono at ``sample_rate`` Hz
+    (channels mixed down and resampled by FFmpeg's swresample, as ``ffmpeg -ac 1 -ar`` does).
+
+    ``max_seconds`` stops decoding once that much audio is out (for files whose header has
+    no duration). Raises ``_ProbeError`` (private) when the file cannot be opened or decoded.
+    """
+    limit = None if max_seconds is None else int(round(max_seconds * sample_rate))
+    with _open(os.fspath(path)) as container:
+        if not container.streams.audio:
+            raise _ProbeError("no audio track")
+        stream = container.streams.audio[0]
+        # one buffer sized from the header (grown if the header was short), filled in place:
+        # the samples are held once, not once in pieces and again joined
+        seconds = container.duration / av.time_base if container.duration else 10.0
+        seconds = min(seconds, max_seconds if max_seconds is not None else 4 * 3600.0)
+        wav = np.empty(int(seconds * sample_rate) + sample_rate, np.float32)
+        got = 0
+
+        def keep(frames) -> None:
+            nonlocal wav, got
+            for out in frames:
+                x = out.to_ndarray().reshape(-1)
+                if got + len(x) > len(wav):
+                    wav = np.resize(wav, max(2 * len(wav), got + len(x)))
+                wav[got:got + len(x)] = x
+                got += len(x)
+
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
+        try:
+            for frame in container.decode(stream):
+                frame.pts = None      # timestamps of damaged or concatenated files are ignored
+                keep(resampler.resample(frame))
+                if limit is not None and got >= limit:
+                    break
+            else:
+                keep(resampler.resample(None))
+        except (av.FFmpegError, ValueError) as err:
+            if not got:
+                raise _ProbeError(_why(err)) from None
+            # a damaged tail: keep what decoded, as the ffmpeg command line does
+        # An encoder's last frame is whole (AAC: 1024 samples) even when the track ends inside
+        # it; the container's stream duration says where it ends: cut there, as ffmpeg does.
+        if stream.duration and stream.time_base and limit is None:
+            end = int(round(float(stream.duration * stream.time_base) * sample_rate))
+            if end < got <= end + 2 * 2048 * sample_rate // 8000:
+                got = end
+    return wav[:got].copy() if got < 0.9 * len(wav) else wav[:got]
 
 
 def iter_video_frames(path: str | os.PathLike, fps: float | None = None,
                       max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of a video one by one as (H, W, 3) uint8 RGB (display orientation).
 
-    ``fps`` resamples the frame rate (ffmpeg's ``fps`` filter: frames dropped or repeated);
+    ``fps`` resamples the frame rate (FFmpeg's ``fps`` filter: frames dropped or repeated);
     None keeps the file's frames. ``max_frames`` stops early.
     """
     info = read_video_info(path)
     if not info["has_video"] or not info["width"]:
         raise InvalidParameterError(f"{os.fspath(path)!r} has no video stream — pass a video file")
-    w, h = info["width"], info["height"]
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", os.fspath(path),
-           "-map", "0:v:0", "-an", "-sn"]
-    filters = []
-    if fps is not None:
-        if not fps > 0:
-            raise InvalidParameterError(f"fps must be positive, got {fps!r}")
-        filters.append(f"fps={_fraction(fps)}")
-    filters.append(f"scale={w}:{h}")  # guards against any size the parse got wrong
-    cmd += ["-vf", ",".join(filters)]
-    if max_frames is not None:
-        cmd += ["-frames:v", str(int(max_frames))]
-    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    frame_bytes = w * h * 3
-    with tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+        raise InvalidParameterError(f"fps must be positive, got {fps!r}")
+    turns = int(round(info["rotation"] / 90.0)) % 4
+    count = 0
+    with _open(os.fspath(path)) as container:
+        stream = next(s for s in container.streams.video
+                      if not s.disposition & av.stream.Disposition.attached_pic)
+        stream.thread_type = "AUTO"
+        graph = sink = None
+        if fps is not None:
+            graph = av.filter.Graph()
+            src = graph.add_buffer(template=stream)
+            rate = graph.add("fps", f"fps={_fraction(fps)}")
+            sink = graph.add("buffersink")
+            src.link_to(rate)
+            rate.link_to(sink)
+            graph.configure()
+
+        def frames():
+            try:
+                for frame in container.decode(stream):
+                    if graph is None:
+                        yield frame
+                        continue
+                    graph.push(frame)
+                    yield from _pull(graph)
+            except (av.FFmpegError, ValueError):
+                pass            # a damaged tail: the frames so far, as ffmpeg's CLI gives
+            if graph is not None:
+                graph.push(None)
+                yield from _pull(graph)
+
+        for frame in frames():
+            if max_frames is not None and count >= max_frames:
+                return
+            rgb = frame.to_ndarray(format="rgb24")
+            if turns:
+                rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+            count += 1
+            yield rgb
+
+
+def _pull(graph) -> Iterator:
+    while True:
         try:
-            while True:
-                buf = proc.stdout.read(frame_bytes)
-                if len(buf) < frame_bytes:
-                    break
-                yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-        finally:
-            proc.stdout.close()
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            yield graph.pull()
+        except (av.BlockingIOError, av.EOFError):
+            return
 
 
 def read_video_frames(path: str | os.PathLike, fps: float | None = None,
@@ -311,12 +338,13 @@ def _fraction(fps: float) -> str:
     return f"{frac.numerator}/{frac.denominator}"
 
 
-class _PipeFeeder:
-    """Writes chunks into the encoder's stdin on a thread of its own, so the caller renders the
-    next chunk while x264 drains this one (a blocked pipe write releases the GIL).
+class _EncodeThread:
+    """Encodes chunks on a thread of its own, so the caller renders the next chunk while this
+    one is converted to yuv420p and handed to x264 (OpenCV's conversion, libx264 and the muxer
+    all run without the GIL).
 
     At most ``depth`` chunks wait; :meth:`put` blocks beyond that, so memory stays bounded. The
-    first error (ffmpeg gone, disk full) is kept and raised by the next :meth:`put` or
+    first error (disk full, encoder failure) is kept and raised by the next :meth:`put` or
     :meth:`finish`. Holds the writer's ``state`` dict, never the writer (so an abandoned writer
     is still collected and its finaliser stops this thread).
     """
@@ -346,91 +374,94 @@ class _PipeFeeder:
         self._queue.put(arr)
 
     def finish(self) -> None:
-        """Wait until every chunk is in the pipe; raise the first error."""
+        """Wait until every chunk is encoded; raise the first error."""
         self.stop()
         if self.error is not None:
             raise self.error
 
     def stop(self) -> None:
-        """End the thread (pending chunks are dropped once an error or kill happened)."""
+        """End the thread (pending chunks are dropped once an error happened)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
 
 def _cleanup(state: dict) -> None:
-    """Kill a running encoder, stop its feeder thread, remove the temporary folder (idempotent)."""
-    proc = state.get("proc")
-    if proc is not None:
-        if state.get("feeder") is not None and proc.poll() is None:
-            proc.kill()            # first: the feeder thread may be blocked writing into the pipe
-        try:
-            if proc.stdin and not proc.stdin.closed:
-                proc.stdin.close()
-        except OSError:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        state["proc"] = None
+    """Stop the encode thread, close the container, remove the temporary folder (idempotent)."""
+    state["dead"] = True
     feeder = state.get("feeder")
     if feeder is not None:
         state["feeder"] = None
         feeder.error = feeder.error or OutputPathError("the encoder was stopped")
         feeder.stop()
-    errf = state.get("errf")
-    if errf is not None:
-        errf.close()
-        state["errf"] = None
+    container = state.get("container")
+    if container is not None:
+        state["container"] = None
+        try:
+            container.close()
+        except Exception:       # a half-written file is deleted below anyway
+            pass
     tmpdir = state.get("tmpdir")
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
         state["tmpdir"] = None
 
 
-def _send_frames(state: dict, arr: np.ndarray, path: str) -> None:
-    """Write (t, H, W, 3) uint8 RGB frames (even H, W) into the running encoder's stdin as planar
-    yuv420p (blocks while the pipe is full).
+def _encode_frames(state: dict, arr: np.ndarray, path: str) -> None:
+    """Encode (t, H, W, 3) uint8 RGB frames (even H, W) and, alongside, the audio they cover.
 
-    The conversion (OpenCV's BT.601 limited-range I420, what ffmpeg's own rgb24 -> yuv420p gives;
-    chroma averaged over 2x2 pixels) runs here, so x264's process only encodes, and half the bytes
-    go through the pipe."""
-    proc = state["proc"]
-    if proc is None:
+    RGB -> planar yuv420p with OpenCV (BT.601 limited range, chroma averaged over 2x2 pixels:
+    what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process."""
+    if state.get("dead") or state.get("container") is None:
         raise OutputPathError(f"the encoder for {path!r} was stopped")
+    vstream = state["video"]
     t, h, w = arr.shape[:3]
-    yuv = np.empty((t, h * 3 // 2, w), np.uint8)
-    for k in range(t):
-        cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv[k])
+    yuv = np.empty((h * 3 // 2, w), np.uint8)
     try:
-        proc.stdin.write(memoryview(yuv).cast("B"))
-    except (BrokenPipeError, OSError, ValueError):
-        proc.wait()
-        raise OutputPathError(f"ffmpeg stopped while writing {path!r}: "
-                              f"{_ffmpeg_log_error(state)} — check free disk space") from None
+        for k in range(t):
+            cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = state["frames"]
+            state["frames"] += 1
+            state["container"].mux(vstream.encode(frame))
+        if state["audio_stream"] is not None:
+            _encode_audio(state, int(round(state["frames"] / state["fps"] * state["sample_rate"])))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise OutputPathError(f"the encoder stopped while writing {path!r} ({_why(err)}) — "
+                              "check free disk space") from None
 
 
-def _ffmpeg_log_error(state: dict) -> str:
-    """The last error line ffmpeg wrote to its log, or "unknown error"."""
-    errf = state.get("errf")
-    if errf is None:
-        return "unknown error"
-    errf.flush()
-    errf.seek(0)
-    return _last_error_line(errf.read().decode("utf-8", "replace"))
+def _encode_audio(state: dict, until: int) -> None:
+    """Encode the AAC track up to sample ``until`` (at the track's rate): the writer's audio,
+    then silence beyond its end. Runs on the encode thread, interleaved with the video."""
+    astream = state["audio_stream"]
+    done, wav = state["audio_done"], state["audio"]
+    while done < until:
+        n = min(until - done, 1 << 16)
+        chunk = wav[done:done + n]
+        if len(chunk) < n:
+            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.float32)])
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk)[None], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = state["sample_rate"]
+        frame.pts = done
+        frame.time_base = Fraction(1, state["sample_rate"])
+        state["container"].mux(astream.encode(frame))
+        done += n
+    state["audio_done"] = done
 
 
 class Mp4Writer:
     """Streaming H.264 (libx264, yuv420p) + AAC MP4 writer; a context manager.
 
-    Frames go to ffmpeg's stdin as raw yuv420p (converted from RGB here) as they are written,
-    so memory stays flat; a feeder thread does the conversion and the (blocking) pipe writes, so
-    :meth:`write` returns once the chunk is queued (at most one chunk waits) and the caller
-    renders the next chunk while x264 encodes. On
-    :meth:`close` the video is padded to the audio's length if needed (last frame repeated)
-    and the audio is muxed, padded with silence or trimmed to exactly ``T / fps`` seconds
-    (the video stream is copied, not re-encoded). The file appears at ``path`` only when
-    complete; leaving the ``with`` block by an exception (or :meth:`abort`) deletes everything.
+    Frames are converted to yuv420p and encoded in process (PyAV) as they are written, so
+    memory stays flat; an encode thread does this, so :meth:`write` returns once the chunk is
+    queued (at most one chunk waits) and the caller renders the next chunk while x264 encodes.
+    The AAC track is encoded alongside, up to the frames written so far. On :meth:`close` the
+    video is padded to the audio's length if needed (last frame repeated) and the audio is
+    padded with silence or trimmed to exactly ``T / fps`` seconds. The file appears at
+    ``path`` only when complete; leaving the ``with`` block by an exception (or :meth:`abort`)
+    deletes everything.
 
     Args:
         path: destination ``.mp4``; missing parent folders are created.
@@ -471,6 +502,7 @@ class Mp4Writer:
         if odd_size not in ("pad", "error"):
             raise InvalidParameterError(f"odd_size must be 'pad' or 'error', got {odd_size!r}")
         self.crf, self.preset, self.audio_bitrate = int(crf), preset, audio_bitrate
+        self._bit_rate = _bitrate(audio_bitrate)
         self.odd_size, self.pad_to_audio = odd_size, pad_to_audio
         self.sample_rate = int(sample_rate)
         self.audio = None
@@ -492,7 +524,7 @@ class Mp4Writer:
         self._last = None  # last frame written (after padding to even size)
         self._closed = False
         self._aborted = False
-        self._state: dict = {"proc": None, "errf": None, "tmpdir": None, "made_dirs": [], "feeder": None}
+        self._state: dict = {"container": None, "tmpdir": None, "made_dirs": [], "feeder": None}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
 
     # context manager
@@ -527,21 +559,38 @@ class Mp4Writer:
             raise OutputPathError(f"cannot write the video to {self.path!r} ({err.strerror}) — "
                                   "choose a folder you can write to") from None
         self._video_tmp = os.path.join(self._state["tmpdir"], "video.mp4")
-        self._state["errf"] = open(os.path.join(self._state["tmpdir"], "ffmpeg.log"), "w+b")
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{w}x{h}",     # see _send_frames
-               "-framerate", _fraction(self.fps), "-i", "pipe:0",
-               "-map", "0:v:0", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-               "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", self._video_tmp]
-        try:
-            self._state["proc"] = subprocess.Popen(cmd, stdin=subprocess.PIPE,
-                                                   stdout=subprocess.DEVNULL,
-                                                   stderr=self._state["errf"])
-        except OSError as err:
-            raise OutputPathError(f"cannot start ffmpeg ({err}) — reinstall imageio-ffmpeg")
+        self._open_encoder(h, w)
 
-    def _ffmpeg_error(self) -> str:
-        return _ffmpeg_log_error(self._state)
+    def _open_encoder(self, h: int, w: int) -> None:
+        """Open the MP4 muxer on ``self._video_tmp`` with an H.264 and (with audio) an AAC
+        stream."""
+        st = self._state
+        try:
+            container = av.open(self._video_tmp, "w", format="mp4",
+                                options={"movflags": "+faststart"})
+            st["container"] = container
+            rate = Fraction(self.fps).limit_denominator(1001)
+            video = container.add_stream("libx264", rate=rate, options={
+                "crf": str(self.crf), "preset": self.preset})
+            video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+            # x264's own frame threads, as the ffmpeg command line runs it: PyAV's defaults are
+            # "as many threads as CPUs" but slice threads, which x264 parallelises worse
+            video.codec_context.thread_count = 0
+            video.codec_context.thread_type = "AUTO"
+            video.codec_context.time_base = 1 / rate
+            st.update(video=video, frames=0, fps=float(rate), audio_stream=None)
+            if self.audio is not None:
+                aac_rate = self.sample_rate if self.sample_rate in _AAC_RATES else 48000
+                wav = self.audio
+                if aac_rate != self.sample_rate:
+                    from moda_hub.audio import resample
+                    wav = resample(wav, self.sample_rate, aac_rate)
+                astream = container.add_stream("aac", rate=aac_rate, layout="mono")
+                astream.bit_rate = self._bit_rate
+                st.update(audio_stream=astream, audio=wav, sample_rate=aac_rate, audio_done=0)
+        except (av.FFmpegError, OSError, ValueError) as err:
+            raise OutputPathError(f"cannot start the encoder for {self.path!r} ({_why(err)}) — "
+                                  "reinstall PyAV (`pip install --force-reinstall av`)") from None
 
     def _check_chunk(self, frames) -> np.ndarray:
         arr = np.asarray(frames)
@@ -568,20 +617,17 @@ class Mp4Writer:
             arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         return np.ascontiguousarray(arr)
 
-    def _send(self, arr: np.ndarray) -> None:
-        """Frames into the encoder now, on this thread (see also :class:`_PipeFeeder`)."""
-        _send_frames(self._state, arr, self.path)
-
     def _feed(self, arr: np.ndarray) -> None:
-        """Frames into the encoder from the feeder thread; returns once they are queued."""
+        """Frames to the encode thread; returns once they are queued."""
         feeder = self._state["feeder"]
         if feeder is None:
             path = self.path
-            feeder = self._state["feeder"] = _PipeFeeder(self._state, lambda st, a: _send_frames(st, a, path))
+            feeder = self._state["feeder"] = _EncodeThread(
+                self._state, lambda st, a: _encode_frames(st, a, path))
         feeder.put(arr)
 
     def _drain(self) -> None:
-        """Wait for the feeder thread to put every queued chunk into the pipe."""
+        """Wait for the encode thread to encode every queued chunk."""
         feeder = self._state["feeder"]
         if feeder is not None:
             self._state["feeder"] = None
@@ -598,9 +644,9 @@ class Mp4Writer:
             arr = self._check_chunk(frames)
             if len(arr) == 0:
                 return
-            if self._state["proc"] is None:
+            if self._state["container"] is None:
                 self._start(*arr.shape[1:3])
-            # the caller may reuse its array once write() returns: the feeder gets its own copy
+            # the caller may reuse its array once write() returns: the thread gets its own copy
             self._feed(arr.copy() if copy and np.shares_memory(arr, np.asarray(frames)) else arr)
         except BaseException:
             self.abort()
@@ -609,8 +655,8 @@ class Mp4Writer:
         self._last = arr[-1:].copy()
 
     def abort(self) -> None:
-        """Stop without output: kill ffmpeg, delete every temporary file and the folders this
-        writer created (when they are empty)."""
+        """Stop without output: stop the encoder, delete every temporary file and the folders
+        this writer created (when they are empty)."""
         self._closed = self._aborted = True
         _cleanup(self._state)
         for d in self._state.get("made_dirs") or []:   # deepest first
@@ -631,24 +677,25 @@ class Mp4Writer:
             if self.frames_written == 0:
                 raise InvalidParameterError("no frames were written — nothing to encode")
             self._drain()
+            st = self._state
             missing = self.expected_frames - self.frames_written if self.pad_to_audio else 0
             while missing > 0:
                 n = min(missing, 64)
-                self._send(np.repeat(self._last, n, axis=0))
+                _encode_frames(st, np.repeat(self._last, n, axis=0), self.path)
                 self.frames_written += n
                 missing -= n
-            proc = self._state["proc"]
-            proc.stdin.close()
-            rc = proc.wait()
-            self._state["proc"] = None
-            if rc != 0:
-                raise OutputPathError(f"ffmpeg could not encode {self.path!r}: "
-                                      f"{self._ffmpeg_error()}")
-            final_tmp = self._video_tmp
-            if self.audio is not None:
-                final_tmp = self._mux_audio()
             try:
-                os.replace(final_tmp, self.path)
+                container = st["container"]
+                container.mux(st["video"].encode(None))
+                if st["audio_stream"] is not None:
+                    container.mux(st["audio_stream"].encode(None))
+                st["container"] = None
+                container.close()
+            except (av.FFmpegError, OSError, ValueError) as err:
+                raise OutputPathError(f"could not finish {self.path!r} ({_why(err)}) — check "
+                                      "free disk space") from None
+            try:
+                os.replace(self._video_tmp, self.path)
             except OSError as err:
                 raise OutputPathError(f"cannot write {self.path!r} ({err.strerror}) — choose "
                                       "another output path") from None
@@ -659,29 +706,18 @@ class Mp4Writer:
         _cleanup(self._state)
         return self.path
 
-    def _mux_audio(self) -> str:
-        """Second pass: copy the H.264 stream, add AAC audio of exactly T / fps seconds."""
-        tmpdir = self._state["tmpdir"]
-        n_target = int(round(self.frames_written / self.fps * self.sample_rate))
-        audio = self.audio[:n_target]
-        if len(audio) < n_target:
-            audio = np.concatenate([audio, np.zeros(n_target - len(audio), np.float32)])
-        raw = os.path.join(tmpdir, "audio.f32")
-        np.asarray(audio, "<f4").tofile(raw)        # no copy of what is already float32 (600 s: 38 MB)
-        out = os.path.join(tmpdir, "final.mp4")
-        aac_rate = self.sample_rate if self.sample_rate in _AAC_RATES else 48000
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-i", self._video_tmp,
-               "-f", "f32le", "-ar", str(self.sample_rate), "-ac", "1", "-i", raw,
-               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-               "-c:a", "aac", "-b:a", str(self.audio_bitrate), "-ar", str(aac_rate),
-               "-movflags", "+faststart", "-f", "mp4", out]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            raise OutputPathError(f"ffmpeg could not add the audio to {self.path!r}: "
-                                  f"{_last_error_line(proc.stderr.decode('utf-8', 'replace'))}")
-        return out
+
+def _bitrate(text) -> int:
+    """``"96k"`` / ``"1.5M"`` / ``96000`` -> bits per second."""
+    try:
+        s = str(text).strip().lower()
+        mult = {"k": 1000, "m": 1000_000}.get(s[-1:], 1)
+        value = float(s[:-1] if mult > 1 else s) * mult
+    except (ValueError, IndexError):
+        value = 0
+    if not value > 0:
+        raise InvalidParameterError(f"audio_bitrate must be like '96k', got {text!r}")
+    return int(value)
 
 
 def write_mp4(frames: Iterable[np.ndarray] | np.ndarray, fps: float, audio: np.ndarray | None,

@@ -1,22 +1,25 @@
 """Audio front-end and espeak-ng: decoding, per-frame features, text-to-speech timeline.
 
-Uses the real ffmpeg (imageio-ffmpeg) and the real espeak-ng library; inputs are short.
+Uses the real FFmpeg libraries (PyAV; fixtures made by imageio-ffmpeg's binary) and the real libespeak-ng of
+the espeakng-loader wheel; inputs are short.
 """
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe   # test fixtures only
 
 from moda_hub.audio import (Wav2Vec2Features, audio_features, frame_times, load_audio,
                             mel_filterbank, num_frames, rms_envelope, synthesize_speech)
 from moda_hub.errors import (AudioDecodeError, InputTooLongError, InvalidParameterError,
                              TextToSpeechError)
 from moda_hub.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
-from moda_hub.video import ffmpeg_exe
 
 SR = 16000
 
@@ -425,6 +428,18 @@ def test_same_text_gives_identical_samples_whatever_was_spoken_before():
     assert first.extras["deterministic"]
     assert np.array_equal(first.samples, again.samples)
     assert first.phoneme_samples == again.phoneme_samples
+
+
+def test_breathy_variants_give_the_same_samples_in_every_process():
+    # f3 and whisper mix in noise; libespeak-ng 1.52 seeds its noise from the clock unless told
+    code = ("import hashlib, sys; from moda_hub.espeak import speak\n"
+            "for v in ('en-us+f3', 'en-us+whisper'):\n"
+            "    print(hashlib.sha1(speak('Breathe in, breathe out.', voice=v).samples).hexdigest())")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)]
+    here = "".join(hashlib.sha1(speak("Breathe in, breathe out.", voice=v).samples).hexdigest()
+                   + "\n" for v in ("en-us+f3", "en-us+whisper"))
+    assert runs[0] == runs[1] == here
 
 
 def test_in_process_synthesis_is_available_too():

@@ -139,7 +139,7 @@ class Media:
         process so this process never holds the full-size image."""
         path = self.path("huge_10000.jpg")
         if not path.exists():
-            from moda_hub.video import ffmpeg_exe
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
             src = self.image_file("astronaut.png", self.astronaut_pil())
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
                             "-i", "color=c=gray:s=10000x10000", "-i", src, "-filter_complex",
@@ -212,7 +212,7 @@ class Media:
     def speech_mp3(self) -> str:
         path = self.path("speech.mp3")
         if not path.exists():
-            from moda_hub.video import ffmpeg_exe
+            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
             wav = self.wav_file("speech16k.wav", self.speech, SR)
             subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", wav,
                             "-c:a", "libmp3lame", "-b:a", "64k", str(path)], check=True, timeout=60)

@@ -69,6 +69,8 @@ def sandbox(tmp_path, monkeypatch):
     assert _snapshot(out_dir) == before, f"left in the output folder: {_snapshot(out_dir) - before}"
     assert _snapshot(tmp) == set(), f"left in the temp dir: {_snapshot(tmp)}"
     assert _ffmpeg_children() == [], "ffmpeg still running"
+    import threading
+    assert not [t for t in threading.enumerate() if t.name == "moda-mp4-feeder"], "encoder still running"
 
 
 def _call(pipe, astronaut, speech, out_dir, **kwargs):
@@ -127,14 +129,14 @@ def test_failure_mid_render_leaves_nothing(pipe, astronaut, speech, sandbox, mon
     assert len(calls) == 2
 
 
-def test_failure_muxing_the_audio_leaves_nothing(pipe, astronaut, speech, sandbox, monkeypatch):
+def test_failure_encoding_the_audio_leaves_nothing(pipe, astronaut, speech, sandbox, monkeypatch):
     out_dir, _ = sandbox
-    from moda_hub.video import Mp4Writer
+    import moda_hub.video as video
 
-    def mux_fails(self):
-        raise OutputPathError("ffmpeg could not add the audio (injected) — check free disk space")
+    def audio_fails(state, until):      # on the encode thread, mid-stream
+        raise OutputPathError("the AAC encoder failed (injected) — check free disk space")
 
-    monkeypatch.setattr(Mp4Writer, "_mux_audio", mux_fails)
+    monkeypatch.setattr(video, "_encode_audio", audio_fails)
     with pytest.raises(OutputPathError, match="injected"):
         _call(pipe, astronaut, speech, out_dir)
 

@@ -1,19 +1,23 @@
 """MP4 writing and reading: H.264 + AAC, audio/video durations, atomic output, streaming.
 
-Uses the real ffmpeg from imageio-ffmpeg; frames are tiny.
+Uses the real FFmpeg libraries through PyAV (fixtures made by the ffmpeg binary of
+imageio-ffmpeg, a test dependency); frames are tiny.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from moda_hub.audio import load_audio
 from moda_hub.errors import InvalidParameterError, OutputPathError
-from moda_hub.video import (Mp4Writer, ffmpeg_exe, iter_video_frames, read_video_frames,
-                            read_video_info, write_mp4)
+from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe   # test fixtures only
+
+from moda_hub.video import (Mp4Writer, iter_video_frames, read_video_frames, read_video_info,
+                            write_mp4)
 
 SR = 16000
 
@@ -155,16 +159,34 @@ def test_writer_encodes_in_the_background_and_reports_a_dead_encoder(tmp_path):
     decoded = read_video_frames(tmp_path / "bg.mp4")
     assert len(decoded) == 40 and abs(int(decoded[5, 4, 4, 0]) - int(frames[5, 4, 4, 0])) <= 3
 
-    # the encoder dies mid-stream: the next write or the close says so; nothing is left behind
-    writer = Mp4Writer(tmp_path / "dead.mp4", fps=30, audio=tone(4.0), preset="ultrafast")
-    writer.write(frames[:5])
-    writer._state["proc"].kill()
-    with pytest.raises(OutputPathError, match="ffmpeg|encoder"):
-        for _ in range(50):
-            writer.write(colour_frames(30))
-        writer.close()
-    assert sorted(os.listdir(tmp_path)) == ["bg.mp4"]
     assert not [t for t in threading.enumerate() if t.name == "moda-mp4-feeder"]
+
+
+_DISK_FULL = """
+import os, resource, signal, sys, numpy as np
+from moda_hub.errors import OutputPathError
+from moda_hub.video import Mp4Writer
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+rng = np.random.default_rng(0)
+writer = Mp4Writer(sys.argv[1], fps=30, audio=np.zeros(16000 * 4, np.float32), preset="ultrafast")
+try:
+    for _ in range(40):
+        writer.write(rng.integers(0, 256, (3, 96, 128, 3), dtype=np.uint8))   # noise: big frames
+    writer.close()
+except OutputPathError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_full_disk_mid_stream_is_one_clear_error_and_leaves_nothing(tmp_path):
+    out = tmp_path / "full" / "v.mp4"
+    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused:") and "disk space" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "full")        # no file, no temporaries, no folder
 
 
 def test_writer_creates_missing_folders_and_reports_unwritable_paths(tmp_path):
