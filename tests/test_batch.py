@@ -186,7 +186,7 @@ def test_ctrl_c_during_a_batch_is_one_line_and_the_same_command_resumes(tmp_path
     manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "One, a little longer.", "size": "256"}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "moda_hub.cli", "batch", str(manifest), "--out", str(out), "--model", MODEL]
-    code, stderr = interrupt_when_helpers_run(cmd, ROOT)
+    code, stderr = interrupt_when_helpers_run(cmd, ROOT, writing_into=str(out))
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — run the same command again to resume (finished rows "
                                      "are skipped)"], stderr[-3000:]
