@@ -49,7 +49,8 @@ test: $(TEST_STAMP) system-deps
 app: $(STAMP)
 	$(PY) app.py
 
-# Rebuild pretrained/moda-base from nothing (synthetic corpus + both stages), <= 45 min on 2 cores.
+# Rebuild pretrained/moda-base: real footage from ../shared/train (prepared once, cached in runs/moda-base/real)
+# + synthetic corpus + both stages; the audio_encoder is kept (scripts/convert_whisper_encoder.py makes it). <= 60 min on 2 cores.
 train: $(TRAIN_STAMP)
 	$(PY) scripts/build_moda_base.py --out pretrained/moda-base
 

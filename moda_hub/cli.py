@@ -129,6 +129,9 @@ def _add_train(sub):
     p.add_argument("--lip-input", choices=["all", "phones", "phones+energy", "phones+bands"], default=None,
                    help="--stage moda from scratch: what the lips hear (pretrained/moda-base: phones+bands; "
                         "default all)")
+    p.add_argument("--features", choices=["logmel", "logmel+phones", "logmel+phones+opening", "whisper-tiny"],
+                   default=None, help="--stage moda from scratch: what stage 1 hears (pretrained/moda-base: "
+                                      "whisper-tiny, the audio encoder's states; default logmel+phones+opening)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="--stage moda: save a moving average of the weights with this decay per step "
                         "(pretrained/moda-base: 0.998; default: the last step's weights)")
@@ -160,6 +163,11 @@ def _train(args):
             raise InvalidParameterError("--lip-input applies to --stage moda trained from scratch (without --init); "
                                         "a fine-tuned model keeps the lip input of the model it starts from")
         options["lip_input"] = args.lip_input
+    if args.features:
+        if args.stage != "moda" or args.init:
+            raise InvalidParameterError("--features applies to --stage moda trained from scratch (without --init); "
+                                        "a fine-tuned model keeps the features of the model it starts from")
+        options["features"] = args.features
     if args.stage == "renderer":
         options.update(base=args.base or None, pipeline_out=args.pipeline_out, image_size=args.image_size,
                        batch_size=args.batch_size, base_channels=args.base_channels, gan_weight=args.gan_weight)
@@ -172,12 +180,14 @@ def _add_evaluate(sub):
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=None, help="synthetic corpus (held-out voices)")
     p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"))
+    p.add_argument("--val-data", default=os.path.join("runs", "moda-base", "real"),
+                   help="prepared real footage (make train): lip-sync on its validation speakers")
     p.add_argument("--out", default="outputs/eval.json")
 
 
 def _evaluate(args):
     from .evaluation import evaluate
-    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out)
+    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out, val_data=args.val_data)
 
 
 def _add_batch(sub):

@@ -307,7 +307,7 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     import torch
 
     from moda_hub.data.synthetic import load_utterances
-    from moda_hub.features import PHONE_COLUMNS
+    from moda_hub.features import ENCODER_KINDS, PHONE_COLUMNS
 
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     fps, model = manifest.get("fps"), pipe.moda
@@ -316,7 +316,12 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     subjects = np.load(os.path.join(data, "subjects.npz"))["meshes"]
     utts = load_utterances(data, split="val")
     n_phone = PHONE_COLUMNS.get(model.config.features, 0)
-    if n_phone:                                              # the model's input: log-mel + phone stream
+    if model.config.features in ENCODER_KINDS:               # the model's input: the encoder's states
+        if not all("states" in u for u in utts):
+            return {"skipped": f"corpus '{data}' has no audio-encoder states (built before them)"}
+        for u in utts:
+            u["features"] = u["states"]
+    elif n_phone:                                            # the model's input: log-mel + phone stream
         for u in utts:
             u["features"] = np.concatenate([u["features"], u["phones"][:, :n_phone]], axis=1)
     if max_utterances is not None:
@@ -407,10 +412,50 @@ def _cached_generate(pipe, portrait, speech, seed, cache):
 
 # ----------------------------------------------------------------------------- driver
 
+def evaluate_val_speakers(prepared_dir: str, pipe=None, cache_dir: Optional[str] = "outputs/eval_cache",
+                          seed: int = 0, max_lag: int = 3, log=print) -> Dict:
+    """Lip-sync on the validation speakers of the real training footage (speakers stage 1 never
+    trained on; ``moda_hub.data.train_footage``): :func:`evaluate_real_clips` on their clips,
+    plus per speaker the mean best-lag r of each method, clips where the model beats both
+    baselines and the median movement depth.
+
+    Args:
+        prepared_dir: the prepared video dataset (``moda prepare video``) whose ``val`` split
+            names the clips (their source files must still exist).
+    """
+    from moda_hub.data.train_footage import val_clips_by_speaker
+
+    if not os.path.exists(os.path.join(prepared_dir, "manifest.json")):
+        return {"skipped": f"no prepared footage at '{prepared_dir}'"}
+    by_speaker = val_clips_by_speaker(prepared_dir)
+    if not by_speaker:
+        return {"skipped": f"no validation clips of '{prepared_dir}' found on disk"}
+    paths = [p for clips in by_speaker.values() for p in clips]
+    result = evaluate_real_clips("", pipe, cache_dir, seed, max_lag, clips=paths, log=log)
+    speaker = {os.path.splitext(os.path.basename(p))[0]: s for s, clips in by_speaker.items() for p in clips}
+    per = {}
+    for s in by_speaker:
+        rows = [r for r in result["clips"] if speaker[r["clip"]] == s]
+        entry = {"clips": len(rows), "seconds": round(sum(r["seconds"] for r in rows), 1)}
+        for m in result["methods"]:
+            entry[m] = _nanmean([r[m]["r_best"] for r in rows if m in r])
+        if "model" in result["methods"]:
+            entry["model_beats_both"] = int(sum(1 for r in rows if "model" in r and r["model"]["r_best"]
+                                                > max(r["rms"]["r_best"], r["phones"]["r_best"])))
+            entry["model_beats_phones"] = int(sum(1 for r in rows if "model" in r
+                                                  and r["model"]["r_best"] > r["phones"]["r_best"]))
+            entry["model_depth_median"] = float(np.median([r["model_depth"] for r in rows if "model_depth" in r]))
+        per[s] = entry
+    result["speakers"] = per
+    result["prepared_dir"] = prepared_dir
+    return result
+
+
 def evaluate(model_dir: Optional[str] = "pretrained/moda-base", data: Optional[str] = None,
              eval_dir: str = "../shared/eval/dev", out: Optional[str] = "outputs/eval.json",
              seeds: Sequence[int] = (0, 1), cache_dir: Optional[str] = "outputs/eval_cache",
-             max_lag: int = 3, max_synthetic: Optional[int] = None, log=print) -> Dict:
+             max_lag: int = 3, max_synthetic: Optional[int] = None, val_data: Optional[str] = None,
+             log=print) -> Dict:
     """Run every evaluation that its inputs allow, print a table and write JSON.
 
     Args:
@@ -422,6 +467,8 @@ def evaluate(model_dir: Optional[str] = "pretrained/moda-base", data: Optional[s
         cache_dir: ground-truth cache folder.
         max_lag: best-lag search range, frames.
         max_synthetic: evaluate at most this many val utterances (None = all).
+        val_data: a prepared real-footage dataset: lip-sync on its validation speakers
+            (:func:`evaluate_val_speakers`), or None to skip it.
 
     Returns:
         the report dict written to ``out`` (NaN written as null).
@@ -441,6 +488,13 @@ def evaluate(model_dir: Optional[str] = "pretrained/moda-base", data: Optional[s
         report["real_lipsync"] = evaluate_real_clips(eval_dir, pipe, cache_dir, seed0, max_lag, log=log)
     else:
         report["real_lipsync"] = {"skipped": f"eval media not found at '{eval_dir}'"}
+
+    # 1b. the validation speakers of the real training footage
+    if val_data is None:
+        report["val_speakers"] = {"skipped": "no prepared footage given (val_data=None)"}
+    else:
+        log(f"real-speech lip-sync on the validation speakers of {val_data}")
+        report["val_speakers"] = evaluate_val_speakers(val_data, pipe, cache_dir, seed0, max_lag, log=log)
 
     # 2. held-out synthetic utterances
     if data is None:
@@ -482,37 +536,8 @@ def evaluate(model_dir: Optional[str] = "pretrained/moda-base", data: Optional[s
 def format_table(report: Dict) -> str:
     """The report as a plain-text table (per-clip lip-sync, means, other sections)."""
     lines = []
-    real = report.get("real_lipsync", {})
-    if "clips" in real:
-        methods = real["methods"]
-        head = f"{'clip':<16}{'sec':>6}{'face%':>6}"
-        for m in methods:
-            head += f" | {m + ' r0':>10}{'r_best':>8}{'lag':>4}{'r_sm':>7}"
-        lines += [f"Real-speech lip-sync (Pearson r of mouth aperture; best lag within "
-                  f"+-{real['max_lag']} frames; r_sm = best-lag r vs GT smoothed "
-                  f"sigma={real['smooth_sigma']} frame)", head, "-" * len(head)]
-        for r in real["clips"]:
-            s = f"{r['clip']:<16}{r['seconds']:>6.1f}{100 * r['face_frames'] / max(r['frames'], 1):>6.0f}"
-            for m in methods:
-                if m in r:
-                    c = r[m]
-                    s += f" | {_f(c['r0']):>10}{_f(c['r_best']):>8}{c['lag']:>4d}{_f(c['r_best_smooth']):>7}"
-                else:
-                    s += f" | {'-':>10}{'-':>8}{'-':>4}{'-':>7}"
-            lines.append(s)
-        s = f"{'mean':<16}{'':>6}{'':>6}"
-        for m in methods:
-            c = real["mean"][m]
-            s += f" | {_f(c['r0']):>10}{_f(c['r_best']):>8}{'':>4}{_f(c['r_best_smooth']):>7}"
-        lines += ["-" * len(head), s]
-        if "model_beats_both" in real:
-            lines.append(f"clips where the model beats both baselines (best-lag r): "
-                         f"{real['model_beats_both']}/{real['model_clips']}")
-            lines.append(f"mouth movement depth, model / real (p90 - p10 of the aperture), median over "
-                         f"clips: {real['model_depth_median']:.2f}")
-        lines.append(f"phone recognition: {real['phones_rtf']:.3f} x real time")
-    elif real:
-        lines.append(f"Real-speech lip-sync: skipped ({real.get('skipped')})")
+    for key, title in (("real_lipsync", "Real-speech lip-sync"), ("val_speakers", "Validation speakers")):
+        lines += _lipsync_table(report.get(key, {}), title)
     syn = report.get("synthetic", {})
     if "lip_l2" in syn:
         lines.append(f"Synthetic val ({syn['n']} utterances, unseen voices): lip L2 {syn['lip_l2']:.4f} "
@@ -537,6 +562,49 @@ def format_table(report: Dict) -> str:
     return "\n".join(lines)
 
 
+def _lipsync_table(real: Dict, title: str) -> list:
+    """Lines of one lip-sync section (per clip, means, beats-both, depth, per speaker)."""
+    lines = []
+    if "clips" in real:
+        methods = real["methods"]
+        head = f"{'clip':<16}{'sec':>6}{'face%':>6}"
+        for m in methods:
+            head += f" | {m + ' r0':>10}{'r_best':>8}{'lag':>4}{'r_sm':>7}"
+        lines += [f"{title} (Pearson r of mouth aperture; best lag within "
+                  f"+-{real['max_lag']} frames; r_sm = best-lag r vs GT smoothed "
+                  f"sigma={real['smooth_sigma']} frame)", head, "-" * len(head)]
+        for r in real["clips"]:
+            s = f"{r['clip']:<16}{r['seconds']:>6.1f}{100 * r['face_frames'] / max(r['frames'], 1):>6.0f}"
+            for m in methods:
+                if m in r:
+                    c = r[m]
+                    s += f" | {_f(c['r0']):>10}{_f(c['r_best']):>8}{c['lag']:>4d}{_f(c['r_best_smooth']):>7}"
+                else:
+                    s += f" | {'-':>10}{'-':>8}{'-':>4}{'-':>7}"
+            lines.append(s)
+        s = f"{'mean':<16}{'':>6}{'':>6}"
+        for m in methods:
+            c = real["mean"][m]
+            s += f" | {_f(c['r0']):>10}{_f(c['r_best']):>8}{'':>4}{_f(c['r_best_smooth']):>7}"
+        lines += ["-" * len(head), s]
+        if "model_beats_both" in real:
+            lines.append(f"clips where the model beats both baselines (best-lag r): "
+                         f"{real['model_beats_both']}/{real['model_clips']}")
+            lines.append(f"mouth movement depth, model / real (p90 - p10 of the aperture), median over "
+                         f"clips: {real['model_depth_median']:.2f}")
+        lines.append(f"phone recognition: {real['phones_rtf']:.3f} x real time")
+    elif real:
+        lines.append(f"{title}: skipped ({real.get('skipped')})")
+    for s, e in real.get("speakers", {}).items():
+        row = f"  speaker {s}: {e['clips']} clips, {e['seconds']} s, best-lag r " + ", ".join(
+            f"{m} {_f(e[m])}" for m in real["methods"])
+        if "model_beats_both" in e:
+            row += (f"; model beats both on {e['model_beats_both']}, phones on {e['model_beats_phones']}; "
+                    f"depth {e['model_depth_median']:.2f}")
+        lines.append(row)
+    return lines
+
+
 def main(argv: Optional[Iterable[str]] = None) -> Dict:
     """Command line: ``python -m moda_hub.evaluation [--model-dir ...] [--data ...]``."""
     import argparse
@@ -551,6 +619,8 @@ def main(argv: Optional[Iterable[str]] = None) -> Dict:
     p.add_argument("--cache-dir", default="outputs/eval_cache", help="ground-truth cache folder")
     p.add_argument("--max-lag", type=int, default=3, help="best-lag search range, frames")
     p.add_argument("--max-synthetic", type=int, default=None, help="at most this many val utterances")
+    p.add_argument("--val-data", default="runs/moda-base/real",
+                   help="prepared real footage: lip-sync on its validation speakers")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = p.parse_args(list(argv) if argv is not None else None)
     import torch
@@ -558,7 +628,7 @@ def main(argv: Optional[Iterable[str]] = None) -> Dict:
     torch.set_num_threads(a.threads)
     return evaluate(a.model_dir, a.data, a.eval_dir, a.out,
                     tuple(int(s) for s in a.seeds.split(",") if s.strip()),
-                    a.cache_dir, a.max_lag, a.max_synthetic)
+                    a.cache_dir, a.max_lag, a.max_synthetic, val_data=a.val_data)
 
 
 # ----------------------------------------------------------------------------- helpers

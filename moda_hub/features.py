@@ -11,6 +11,11 @@ the pipeline, the corpus builder and the evaluation all compute them here, so th
   be for the recognised phone (the plain table of ``moda_hub.phones.VISEME_OPENING``,
   unsmoothed; ``moda_hub.phones.phone_stream``), which the classes lump together.
 
+- ``"whisper-tiny"``: the 384 hidden states of the ``audio_encoder`` component (the encoder of
+  OpenAI Whisper tiny, ``moda_hub.models.audio_encoder``), computed in overlapping windows and
+  interpolated from 50 Hz to the model's frames (``moda_hub.speech_states``). Trained on real
+  voices in ~100 languages: no pocketsphinx, no phone worker.
+
 The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
 """
 from __future__ import annotations
@@ -21,9 +26,11 @@ import numpy as np
 
 from .audio import audio_features
 
-FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93, "logmel+phones+opening": 94}
+FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93, "logmel+phones+opening": 94, "whisper-tiny": 384}
 #: Width of the phone stream at the end of each kind (the first columns of ``phone_stream``).
-PHONE_COLUMNS = {"logmel": 0, "logmel+phones": 13, "logmel+phones+opening": 14}
+PHONE_COLUMNS = {"logmel": 0, "logmel+phones": 13, "logmel+phones+opening": 14, "whisper-tiny": 0}
+#: Kinds computed by the pipeline's ``audio_encoder`` component (not log-mel + phones).
+ENCODER_KINDS = ("whisper-tiny",)
 
 
 def feature_dim(kind: str) -> int:
@@ -33,9 +40,18 @@ def feature_dim(kind: str) -> int:
     return FEATURE_KINDS[kind]
 
 
-def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening") -> np.ndarray:
-    """(T, feature_dim(kind)) float32 features of mono speech, T = round(len(wav) / sample_rate * fps)."""
+def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
+                    encoder=None) -> np.ndarray:
+    """(T, feature_dim(kind)) float32 features of mono speech, T = round(len(wav) / sample_rate * fps).
+
+    ``encoder``: the ``audio_encoder`` component for the encoder kinds (default: moda-base's)."""
     feature_dim(kind)
+    if kind in ENCODER_KINDS:
+        from .speech_states import default_encoder, encoder_features
+
+        _check_rate(sample_rate)
+        return encoder_features(wav, fps, encoder if encoder is not None else default_encoder(),
+                                num_frames=int(round(len(wav) / sample_rate * fps)))
     mel = audio_features(wav, sample_rate, fps=fps)
     if kind == "logmel":
         return mel
@@ -60,6 +76,11 @@ PHONE_FIRST_SEGMENT_SECONDS = 6.0
 #: Clips up to ~16 s are cut exactly as before.
 PHONE_SECOND_SEGMENT_SECONDS = 12.0
 _CUT_STEP_SECONDS = 0.1          # segment borders fall on multiples of this (whole frames at 25/30 fps)
+
+
+def _check_rate(sample_rate: int) -> None:
+    if int(sample_rate) != 16000:
+        raise ValueError(f"the audio encoder hears 16 kHz speech, not {sample_rate} Hz — resample first")
 
 
 def phone_segments(wav: np.ndarray, sample_rate: int, max_seconds: float = PHONE_SEGMENT_SECONDS,
@@ -100,19 +121,35 @@ class FeatureTable:
     (``MODA_PHONE_WORKER=0``, one core) every segment is recognised here, on demand. A clip of
     up to 6 s is one segment, so its table equals ``speech_features(...)`` exactly.
 
+    For the encoder kinds (``"whisper-tiny"``) the rows are the ``audio_encoder``'s states
+    (``encoder``, required), computed window by window on demand (``moda_hub.speech_states``).
+
     Args:
-        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see FEATURE_KINDS).
+        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see FEATURE_KINDS),
+        encoder (the pipeline's ``audio_encoder``, for the encoder kinds).
 
     Example:
         >>> table = FeatureTable(wav, 16000, 30)
         >>> feats = table.upto(300)          # (T, 94) tensor; rows [0, 300) are computed
     """
 
-    def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening"):
+    def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
+                 encoder=None):
         import torch
 
         feature_dim(kind)
         self.wav, self.sample_rate, self.fps, self.kind = wav, sample_rate, fps, kind
+        self._states = None
+        if kind in ENCODER_KINDS:
+            from .speech_states import EncoderStates
+
+            if encoder is None:
+                raise ValueError(f"features {kind!r} need the pipeline's audio_encoder component")
+            _check_rate(sample_rate)
+            self._states = EncoderStates(wav, fps, encoder, int(round(len(wav) / sample_rate * fps)))
+            self.num_frames = len(self._states)
+            self.tensor = torch.from_numpy(self._states.array)
+            return
         mel = audio_features(wav, sample_rate, fps=fps)
         self.num_frames = len(mel)
         if kind == "logmel":
@@ -140,6 +177,9 @@ class FeatureTable:
         from .phones import phone_stream
 
         stop = min(int(stop), self.num_frames)
+        if self._states is not None:
+            self._states.upto(stop)
+            return self.tensor
         while self._ready < stop:
             k = self._done
             a, b = self._segments[k]

@@ -18,10 +18,11 @@ from diffusers.utils import BaseOutput
 
 from .audio import load_audio, synthesize_speech
 from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
-from .features import FeatureTable
+from .features import ENCODER_KINDS, FeatureTable
 from .errors import InvalidParameterError
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
+from .models.audio_encoder import WhisperTinyEncoder
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
@@ -100,6 +101,9 @@ class ModaPipeline(DiffusionPipeline):
     r"""Audio-driven portrait animation (MODA, ICCV 2023) with a swappable renderer.
 
     Components:
+        audio_encoder ([`WhisperTinyEncoder`], optional): speech -> 50 Hz states (Whisper tiny's
+            encoder) that stage 1 hears when its ``features`` are ``"whisper-tiny"``; pipelines
+            whose stage 1 hears log-mel + phones have none.
         moda ([`ModaModel`]): stage 1, audio + subject -> lip, eye, head and torso motion.
         composer ([`FacialComposer`]): stage 2, lip + eye motion -> dense 478-point mesh.
         renderer ([`WarpRenderer`] or a trained NeuralRenderer): stage 3, mesh + portrait -> frames.
@@ -114,12 +118,20 @@ class ModaPipeline(DiffusionPipeline):
         'hello.mp4'
     """
 
-    model_cpu_offload_seq = "moda->composer"
+    model_cpu_offload_seq = "audio_encoder->moda->composer"
+    _optional_components = ["audio_encoder"]
 
-    def __init__(self, moda: ModaModel, composer: FacialComposer, renderer):
+    def __init__(self, moda: ModaModel, composer: FacialComposer, renderer,
+                 audio_encoder: Optional[WhisperTinyEncoder] = None):
         super().__init__()
-        self.register_modules(moda=moda, composer=composer, renderer=renderer)
-        if "phones" in getattr(moda.config, "features", ""):
+        features = getattr(moda.config, "features", "")
+        if features in ENCODER_KINDS and audio_encoder is None:
+            from .errors import WeightsError
+
+            raise WeightsError(f"stage 1 hears {features!r} states but the pipeline has no audio_encoder "
+                               "component — load the whole pipeline folder (its audio_encoder/ sub-folder)")
+        self.register_modules(moda=moda, composer=composer, renderer=renderer, audio_encoder=audio_encoder)
+        if "phones" in features:
             shared_worker()      # start the phone-recognition helper now, so it is ready by the first call
 
     # ------------------------------------------------------------------ Hub
@@ -256,7 +268,8 @@ class ModaPipeline(DiffusionPipeline):
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
-        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features)   # phones on demand
+        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features,
+                             encoder=self.audio_encoder)          # phones / encoder windows on demand
         latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
         closure = sample_blink_closure(len(feats), model_fps, blink_rate, generator,
                                        speech_pauses(wav, SAMPLE_RATE))
@@ -294,14 +307,15 @@ class ModaPipeline(DiffusionPipeline):
         weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        # a batch of a multiple of 16 frames (last one repeated): GEMM kernels round a ragged tail
-        # of rows differently (AVX2 machines: multiples of 8 suffice; AVX-512 MKL also takes
-        # another path below 16 rows), and a frame's mesh must not depend on the chunk it falls in
+        # blocks of exactly 16 frames (the last one padded by repeating its last frame): GEMM kernels
+        # round rows differently for other batch sizes (a ragged tail; AVX-512 MKL below 16 rows;
+        # 8 vs 32 rows), and a frame's mesh must not depend on the chunk it falls in
         T = len(motion["lip"])
         rows = np.minimum(np.arange(T + (-T) % 16), T - 1)
         lip = torch.from_numpy(motion["lip"][rows]).to(cond)
         eye = torch.from_numpy(motion["eye"][rows]).to(cond)
-        dense = self.composer(lip, eye, cond).float().cpu().numpy()[:T]             # (T, 478, 3)
+        dense = torch.cat([self.composer(lip[i:i + 16], eye[i:i + 16], cond) for i in range(0, len(rows), 16)])
+        dense = dense.float().cpu().numpy()[:T]                                      # (T, 478, 3)
         return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,

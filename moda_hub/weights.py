@@ -24,7 +24,7 @@ What is enforced (``ModaPipeline.from_pretrained`` calls :func:`load_pipeline`):
 Example:
     >>> from moda_hub.weights import check_pipeline_folder
     >>> check_pipeline_folder("pretrained/moda-base")          # raises WeightsError when broken
-    {'moda': 'ModaModel', 'composer': 'FacialComposer', 'renderer': 'WarpRenderer'}
+    {'moda': 'ModaModel', 'composer': 'FacialComposer', 'renderer': 'WarpRenderer', 'audio_encoder': 'WhisperTinyEncoder'}
 """
 from __future__ import annotations
 
@@ -112,8 +112,11 @@ def check_pipeline_folder(folder, pipeline_class=None) -> Dict[str, str]:
                            f"{pipeline_class.__name__!r} (custom pipeline code is never loaded) — {FIX}")
     expected = [p for p in inspect.signature(pipeline_class.__init__).parameters if p != "self"]
     found = {}
+    optional = set(getattr(pipeline_class, "_optional_components", None) or ())
     for component in expected:
         entry = index.get(component)
+        if component in optional and (entry is None or list(entry) == [None, None]):
+            continue                      # an optional component the folder does not have
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2
                 and all(isinstance(x, str) for x in entry)):
             raise WeightsError(f"{index_path!r} does not list the component {component!r} as "

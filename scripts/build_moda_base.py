@@ -1,19 +1,27 @@
-"""Rebuild pretrained/moda-base from nothing: synthetic corpus -> stage 2 -> stage 1 -> pipeline folder.
+"""Rebuild pretrained/moda-base: real footage + synthetic corpus -> stage 2 -> stage 1 -> pipeline folder.
 
     .venv/bin/python scripts/build_moda_base.py --out pretrained/moda-base     # (make train)
 
-Measured on the 2-core CPU (2026-12-02): corpus 3.7 min (2 h of speech), composer 1750 steps
-(0.9 min), MODA 3000 steps (13.8 min): 18.6 min in all (limit 45; earlier builds of the same
-step counts took 25.4 and 37.3: the machine drifts).
-Stage 1 saves the moving average of its weights (``--ema-decay 0.998``), not the last step's. Training runs a fixed number of steps, not a time budget, so the same
-command gives the same weights however busy the machine is (``--max-minutes`` caps a stage's time
-for quick looks; a capped build is not the documented one).
-Stage 1's lips hear the pocketsphinx phone stream (13 viseme classes + the phone's table opening,
-``features="logmel+phones+opening"``), a loudness column and five coarse band loudnesses (``--lip-input phones+bands``): the full log-mel spectra of espeak-ng voices do not
-carry over to human voices (real-speech lip-sync r 0.32 with them, see model_cards/moda-base.md);
-phones, loudness and the broad spectral shape (first formant = jaw opening, tilt) do.
-Seeded; the pipeline folder gets model_index.json, one folder per component (config json +
-safetensors) and the model card as README.md.
+Steps (each printed with its time; ``runs/moda-base/build_summary.json`` records them):
+
+1. the ``audio_encoder`` component (Whisper tiny's encoder, converted once by
+   ``scripts/convert_whisper_encoder.py``) is read from ``--audio-encoder`` (default: the one in
+   ``--out``) and written back into the new folder unchanged;
+2. real talking faces: ``moda prepare video`` over ``../shared/train`` (GRID, CREMA-D; the
+   speaker split of ``moda_hub.data.train_footage``: s4, s16, s27 held out for validation),
+   cached in ``runs/moda-base/real`` (a resumed run skips prepared videos), plus the encoder's
+   states of each clip's audio;
+3. the synthetic corpus (espeak-ng voices on the face rig, with the encoder's states) in
+   ``runs/moda-base/corpus`` (``--reuse-corpus`` keeps an existing one);
+4. stage 2 (composer) on the synthetic corpus;
+5. stage 1 (``features="whisper-tiny"``) on both: ``--real-share`` of the training windows from
+   the real footage, each real speaker's lip motion scaled to the synthetic corpus's
+   (``moda_hub.training.corpus.normalise_speakers``; the synthetic rig's too), the rest synthetic (head, eyes, blinks and
+   the one-to-many latent, phonetic coverage); validated on the held-out real speakers.
+
+Training runs a fixed number of steps, not a time budget, so the same command gives the same
+weights however busy the machine is (``--max-minutes`` caps a stage's time for quick looks; a
+capped build is not the documented one). Seeded.
 """
 from __future__ import annotations
 
@@ -31,47 +39,96 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "pretrained", "moda-base"))
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "moda-base"), help="corpus and logs")
-    ap.add_argument("--hours", type=float, default=2.0, help="hours of synthetic speech")
+    ap.add_argument("--hours", type=float, default=0.5, help="hours of synthetic speech")
+    ap.add_argument("--footage", default=None, help="real training footage (default ../shared/train)")
+    ap.add_argument("--real-share", type=float, default=0.5,
+                    help="share of stage-1 training windows from the real footage")
+    ap.add_argument("--audio-encoder", default=None,
+                    help="audio_encoder component folder (default: <out>/audio_encoder)")
     ap.add_argument("--composer-steps", type=int, default=1750)
-    ap.add_argument("--moda-steps", type=int, default=3000)
+    ap.add_argument("--moda-steps", type=int, default=1200)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="also stop each training stage after this many minutes (quick looks only)")
-    ap.add_argument("--lip-input", default="phones+bands", choices=("all", "phones", "phones+energy", "phones+bands"),
-                    help="what stage 1's lips hear (ModaModel lip_input)")
     ap.add_argument("--ema-decay", type=float, default=0.998,
                     help="stage 1 saves a moving average of its weights (see train_moda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the training stages (1: on a 2-core machine shared with other "
+                         "jobs, 2 threads ran 5-10x slower than 1, measured 2026-12-05)")
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
     args = ap.parse_args(argv)
 
+    import numpy as np
     import torch
     from moda_hub import FacialComposer, ModaModel, ModaPipeline, WarpRenderer
+    from moda_hub.data import train_footage
     from moda_hub.data.synthetic import build_corpus
+    from moda_hub.data.video_dataset import add_encoder_states, prepare_videos
+    from moda_hub.models.audio_encoder import WhisperTinyEncoder
+    from moda_hub.speech_states import set_default_encoder
+    from moda_hub.training.corpus import MotionCorpus, mix_corpora, normalise_speakers, speaker_lip_scale
     from moda_hub.training.train_composer import train_composer
     from moda_hub.training.train_moda import train_moda
+    from moda_hub.weights import load_component
 
     t0 = time.time()
+    times = {}
+    # 1. the audio encoder (loaded before --out is replaced)
+    enc_dir = os.path.abspath(args.audio_encoder or os.path.join(args.out, "audio_encoder"))   # (absolute: not saved)
+    if not os.path.isfile(os.path.join(enc_dir, "config.json")):
+        sys.exit(f"error: no audio_encoder at {enc_dir!r} — convert it once with "
+                 "scripts/convert_whisper_encoder.py, or pass --audio-encoder")
+    encoder = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, enc_dir).float().eval()
+    set_default_encoder(encoder)                # the corpus builders' default_encoder()
+    # 2. real footage, prepared once (cached), with the encoder's states
+    real = os.path.join(args.work, "real")
+    videos, val_names = train_footage.footage(args.footage or train_footage.default_root())
+    prepare_videos(videos, real, crop_size=64, val_names=val_names, seed=args.seed, progress=False)
+    add_encoder_states(real, encoder)
+    times["real_minutes"] = round((time.time() - t0) / 60, 1)
+    print(f"real footage: {times['real_minutes']} min", flush=True)
+    # 3. the synthetic corpus
     corpus = os.path.join(args.work, "corpus")
     if not (args.reuse_corpus and os.path.exists(os.path.join(corpus, "manifest.json"))):
         shutil.rmtree(corpus, ignore_errors=True)
         build_corpus(corpus, hours=args.hours, seed=args.seed, workers=args.workers)
     t_corpus = time.time() - t0
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
+    # 4. stage 2
     train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
-                   minutes=args.max_minutes, seed=args.seed)
-    train_moda(corpus, os.path.join(args.work, "moda"), steps=args.moda_steps, minutes=args.max_minutes,
-               seed=args.seed, model_kwargs={"lip_input": args.lip_input}, ema_decay=args.ema_decay)
+                   minutes=args.max_minutes, seed=args.seed, threads=args.threads)
+    # 5. stage 1 on real + synthetic, real speakers' lip motion scaled to the synthetic corpus's
+    kind = "whisper-tiny"
+    synth, synth_val = MotionCorpus(corpus, "train", kind), MotionCorpus(corpus, "val", kind)
+    real_train, real_val = MotionCorpus(real, "train", kind), MotionCorpus(real, "val", kind)
+    sources = {v["name"]: v["source"] for v in json.load(open(os.path.join(real, "manifest.json")))["videos"]}
+    for c in (real_train, real_val):
+        for u in c.utterances:
+            u["speaker"] = train_footage.speaker_of(u["speaker"], sources.get(u["speaker"], ""))
+    # every real training speaker's lips, and the synthetic rig's, moved as far as the median real speaker
+    scales = speaker_lip_scale(real_train)
+    target = float(np.median(list(scales.values())))
+    factors = normalise_speakers(real_train, target)
+    factors["synthetic"] = normalise_speakers(synth, target, lambda u: "synthetic")["synthetic"]
+    print(f"lip motion scaled to the median real speaker's ({target:.4f} canonical units): " + ", ".join(
+        f"{s} x{f:.2f}" for s, f in sorted(factors.items()) if not s.startswith("grid-")), flush=True)
+    train = mix_corpora([synth, real_train], [1 - args.real_share, args.real_share])
+    train_moda((train, real_val, synth_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
+               minutes=args.max_minutes, seed=args.seed, features=kind, model_kwargs={"lip_input": "all"},
+               ema_decay=args.ema_decay, threads=args.threads)
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
-                        renderer=WarpRenderer())
+                        renderer=WarpRenderer(), audio_encoder=encoder.to(torch.float16))
     shutil.rmtree(args.out, ignore_errors=True)
     card_path = os.path.join(ROOT, "model_cards", "moda-base.md")
     card = open(card_path, encoding="utf-8").read() if os.path.exists(card_path) else None
     pipe.save_pretrained(args.out, model_card=card)
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
                "hours": args.hours, "seed": args.seed,
-               "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "lip_input": args.lip_input, "ema_decay": args.ema_decay, "torch": torch.__version__}
+               "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "real_share": args.real_share,
+               "features": kind, "lip_factors": factors, "ema_decay": args.ema_decay, "torch": torch.__version__,
+               **times}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:
             summary[stage] = json.load(f)

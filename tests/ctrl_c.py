@@ -33,6 +33,15 @@ def interrupt_when_helpers_run(cmd, cwd, writing_into, helpers: int = 2, timeout
             proc.wait()
 
 
+def helper_count(model_dir) -> int:
+    """Python helper processes a text call of the pipeline in ``model_dir`` runs: espeak-ng's, and the
+    phone recogniser's when stage 1 hears phones (a stage 1 on the audio encoder runs none)."""
+    import json
+
+    with open(os.path.join(model_dir, "moda", "config.json")) as f:
+        return 2 if "phones" in json.load(f).get("features", "") else 1
+
+
 def _python_helpers(pid: int) -> int:
     """How many ``python -c ...`` helper processes run below ``pid`` (gone or zombie ones skipped)."""
     count = 0

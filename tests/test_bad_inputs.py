@@ -886,7 +886,7 @@ def test_intact_tiny_pipeline_loads(tiny_pipeline):
 def test_shipped_weights_pass_every_check():
     from moda_hub.weights import check_pipeline_folder
     assert check_pipeline_folder(MODEL) == {"moda": "ModaModel", "composer": "FacialComposer",
-                                           "renderer": "WarpRenderer"}
+                                           "renderer": "WarpRenderer", "audio_encoder": "WhisperTinyEncoder"}
 
 
 # ---------------------------------------------------------------------------------- command line
@@ -1033,14 +1033,14 @@ def test_cli_speech_rate_0_names_the_flag_and_what_to_do(capsys, tmp_path):
 def test_ctrl_c_during_generate_text_is_one_line(tmp_path, media):
     """A terminal's Ctrl-C reaches the whole process group: the espeak-ng and phone helpers used to
     print their own KeyboardInterrupt tracebacks, interleaved with "error: interrupted"."""
-    from ctrl_c import interrupt_when_helpers_run
+    from ctrl_c import helper_count, interrupt_when_helpers_run
 
     image = media.image_file("astronaut.png", media.astronaut_pil())
     out = tmp_path / "clip.mp4"
     code, stderr = interrupt_when_helpers_run(
         [os.environ.get("PYTHON", __import__("sys").executable), "-m", "moda_hub.cli", "generate", "--image", image,
          "--text", "Hello there, this sentence keeps the portrait talking for a little while longer.",
-         "--out", str(out)], ROOT, writing_into=str(tmp_path))
+         "--out", str(out)], ROOT, writing_into=str(tmp_path), helpers=helper_count(MODEL))
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — nothing was written"], stderr[-3000:]
     assert list(tmp_path.iterdir()) == []

@@ -180,13 +180,16 @@ def test_batch_out_that_cannot_be_a_folder_is_one_line_before_any_work(where, pa
 @needs_model
 def test_ctrl_c_during_a_batch_is_one_line_and_the_same_command_resumes(tmp_path):
     """A terminal's Ctrl-C goes to the whole foreground process group: the espeak-ng and phone helper
-    processes must not print their own KeyboardInterrupt tracebacks; the batch resumes."""
-    from ctrl_c import interrupt_when_helpers_run
+    processes must not print their own KeyboardInterrupt tracebacks; the batch resumes. (A stage 1
+    that hears the audio encoder, as moda-base does, runs no phone helper: only espeak-ng's.)"""
+    from ctrl_c import helper_count, interrupt_when_helpers_run
+
+    helpers = helper_count(MODEL)
 
     manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "One, a little longer.", "size": "256"}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "moda_hub.cli", "batch", str(manifest), "--out", str(out), "--model", MODEL]
-    code, stderr = interrupt_when_helpers_run(cmd, ROOT, writing_into=str(out))
+    code, stderr = interrupt_when_helpers_run(cmd, ROOT, writing_into=str(out), helpers=helpers)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — run the same command again to resume (finished rows "
                                      "are skipped)"], stderr[-3000:]

@@ -44,17 +44,21 @@ def astronaut():
 @pytest.fixture(scope="module")
 def long_clip(pipe, astronaut):
     """LONG_TEXT, seed 0: streamed landmarks (T, 478, 3) in chunks of 45 frames, the chunk starts, the
-    one-shot call's landmarks (chunks of 32 inside), the same clip made as ONE stage-1 window (no
-    window borders at all), and seed 1's landmarks."""
+    one-shot call's landmarks (chunks of 32 inside), the same clip made as ONE stage-1 window and
+    ONE audio-encoder window (no window borders at all), and seed 1's landmarks."""
+    from moda_hub import speech_states
+
     kw = dict(image=astronaut, text=LONG_TEXT)
     chunks = list(pipe.stream(generator=gen(0), chunk_frames=45, render=False, **kw))
     call = pipe(generator=gen(0), output_type="landmarks", **kw).landmarks
-    window, hop = pipe.moda.config.window, pipe.moda.config.hop
+    window, hop, enc_window = pipe.moda.config.window, pipe.moda.config.hop, speech_states.WINDOW_SECONDS
     try:
         pipe.moda.register_to_config(window=100_000, hop=90_000)
+        speech_states.WINDOW_SECONDS = speech_states.MAX_WINDOW_SECONDS
         single = pipe(generator=gen(0), output_type="landmarks", **kw).landmarks
     finally:
         pipe.moda.register_to_config(window=window, hop=hop)
+        speech_states.WINDOW_SECONDS = enc_window
     other = pipe(generator=gen(1), output_type="landmarks", **kw).landmarks
     return dict(streamed=np.concatenate([c.landmarks for c in chunks]), starts=[c.start for c in chunks],
                 call=call, single=single, other=other)
@@ -149,6 +153,29 @@ def test_no_seams_at_stage1_window_borders(pipe, long_clip):
         f"stage-1 window border at frame {worst} adds a {at[worst]:.3f} px step (beyond its neighbours'; bound {bound:.3f} px = a quarter "
         f"of the median frame-to-frame motion {np.median(jumps):.3f} px; the jump there is {jumps[worst - 1]:.3f} px "
         f"against {frame_jumps(long_clip['single'])[worst - 1]:.3f} px without windows): {at}")
+
+
+def test_no_seams_at_audio_encoder_window_borders(pipe, long_clip):
+    """Whisper hears 10 s windows, 2 s cross-fades (moda_hub.speech_states): where one window hands
+    over to the next, the landmarks take no step beyond what the same clip made in one encoder
+    window (and one stage-1 window) takes."""
+    from moda_hub import speech_states
+
+    assert pipe.moda.config.features == "whisper-tiny"
+    streamed = long_clip["streamed"]
+    T = len(streamed)
+    from moda_hub.audio import synthesize_speech
+
+    n_states = (len(synthesize_speech(LONG_TEXT)) // 160 + 1) // 2
+    overlap = int(round(speech_states.OVERLAP_SECONDS * speech_states.STATE_RATE))
+    borders = sorted({int(round(s / speech_states.STATE_RATE * 30)) for a, b in speech_states.state_windows(n_states)
+                      for s in (a, a + overlap, b - overlap, b) if 0 < s < n_states})
+    borders = [b for b in borders if 0 < b < T]
+    assert len(borders) >= 3, borders
+    steps = seam_spikes(seam_steps(streamed, long_clip["single"]))
+    bound = seam_bound(streamed)
+    at = {b: round(float(steps[b - 1]), 4) for b in borders}
+    assert max(at.values()) <= bound, f"encoder window borders add steps beyond {bound:.3f} px: {at}"
 
 
 def test_seam_measure_flags_a_spliced_clip(long_clip):

@@ -44,6 +44,9 @@ Corpus format (``out_dir``)
     30 fps frame (``F`` = total frames); ``phones`` (F, 14) float16 phone stream of the phones
     pocketsphinx recognises in that audio (``moda_hub.phones.phone_stream``: 13 viseme-class
     occupancies, then the table opening; corpora built before the opening have 13 columns);
+    ``states`` (F, 384) float16 the ``audio_encoder``'s Whisper-tiny states of that audio at the
+    frames (``moda_hub.speech_states``, the same windows as the pipeline; absent from corpora
+    built before the encoder);
     ``lip`` (F, 40, 3) float16 offsets of ``topology.LIPS`` points from the subject mesh,
     canonical units; ``eye`` (F, 60, 3) float16 offsets of ``topology.EYES`` points;
     ``head`` (F, 7) float32 ``[d_pitch, d_yaw, d_roll (deg), d_tx, d_ty, d_tz (canonical),
@@ -83,7 +86,7 @@ FPS = 30
 SAMPLE_RATE = 16000
 DENSE_EVERY = 6
 #: Arrays with one row per frame in every shard.
-FRAME_KEYS = ("features", "phones", "lip", "eye", "head", "torso", "params")
+FRAME_KEYS = ("features", "phones", "states", "lip", "eye", "head", "torso", "params")
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-gb-x-gbclan",
            "en-gb-x-gbcwmd", "en-us-nyc")
@@ -200,6 +203,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     (see the module docstring) plus its manifest record under ``"meta"``."""
     from moda_hub.audio import audio_features, frame_times, num_frames
     from moda_hub.phones import phone_stream
+    from moda_hub.speech_states import default_encoder, encoder_features
     from moda_hub.data import augment as aug
     from moda_hub.data import motion
     from moda_hub.data.deform import BLINK_L, BLINK_R, BROW, GAZE_X, P_ALL
@@ -226,6 +230,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     T = num_frames(len(wav16), SAMPLE_RATE, FPS)
     feats = audio_features(wav16, SAMPLE_RATE, FPS)
     phone_feats = phone_stream(wav16, SAMPLE_RATE, FPS)   # recognised, errors included
+    states = encoder_features(wav16, FPS, default_encoder(), num_frames=T)
     times = frame_times(T, FPS)
     duration = len(wav16) / SAMPLE_RATE
 
@@ -262,7 +267,8 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     meta = dict(id=uid, split=split, text=text, speed=round(speed, 5), subject=sid,
                 frames=int(T), seconds=round(duration, 4), augment=aug_info,
                 audio=f"audio_{uid}" if keep_audio else None, **vmeta)
-    out = dict(meta=meta, features=feats.astype(np.float16), phones=phone_feats.astype(np.float16), lip=lip, eye=eye,
+    out = dict(meta=meta, features=feats.astype(np.float16), phones=phone_feats.astype(np.float16),
+               states=states.astype(np.float16), lip=lip, eye=eye,
                head=head.astype(np.float32), torso=torso.astype(np.float32),
                params=params.astype(np.float16), dense=dense16[dense_frames],
                dense_frames=dense_frames,
@@ -327,7 +333,8 @@ def _truncate_shard(path: Path, keep: int):
     out = {"frame_offsets": fo[:keep + 1], "utt_ids": d["utt_ids"][:keep],
            "subject": d["subject"][:keep], "timeline": d["timeline"][:keep]}
     for key in FRAME_KEYS:
-        out[key] = d[key][:F]
+        if key in d:
+            out[key] = d[key][:F]
     sel = d["dense_frames"] < F
     out["dense"], out["dense_frames"] = d["dense"][sel], d["dense_frames"][sel]
     kept_ids = set(str(u) for u in out["utt_ids"])
@@ -479,7 +486,8 @@ def build_corpus(out_dir, hours: float = 2.5, seed: int = 0, workers: int = 2,
         sample_rate=SAMPLE_RATE,
         features=dict(function="moda_hub.audio.audio_features", n_mels=80, win_seconds=0.064,
                       fmin=20.0, fmax=8000.0, normalize=True, frame_centre="(k + 0.5) / fps",
-                      computed_on="augmented 16 kHz audio", dtype="float16"),
+                      computed_on="augmented 16 kHz audio", dtype="float16",
+                      states="moda_hub.speech_states.encoder_features (audio_encoder: Whisper tiny), float16"),
         params=list(PARAMS), dense_every=DENSE_EVERY,
         units=dict(lip="canonical units, offsets of topology.LIPS from the subject mesh",
                    eye="canonical units, offsets of topology.EYES from the subject mesh",
@@ -519,7 +527,7 @@ def load_utterances(out_dir, split: Optional[str] = None) -> List[dict]:
             i = m["index"]
             a, b = int(fo[i]), int(fo[i + 1])
             sel = (d["dense_frames"] >= a) & (d["dense_frames"] < b)
-            u = {key: d[key][a:b] for key in FRAME_KEYS}
+            u = {key: d[key][a:b] for key in FRAME_KEYS if key in d}
             u["dense"], u["dense_frames"] = d["dense"][sel], d["dense_frames"][sel] - a
             u["timeline"] = json.loads(str(d["timeline"][i]))
             u["subject"] = int(d["subject"][i])

@@ -50,7 +50,9 @@ utterances, frames, seconds), ``videos`` (one record per video: ``name``, ``sour
     ``pose`` (F, 7) smoothed poses, ``boxes`` (U, 4) float64 ``[x0, y0, side, 0]`` each utterance's
     crop (full-frame pixels), ``image_hw`` (2,), ``reference_frames`` (U, H, W, 3) uint8 each
     utterance's first frame (its portrait),
-    ``subject_meshes`` (U, 478, 3), ``audio_wav`` (N,) int16 the 16 kHz audio.
+    ``subject_meshes`` (U, 478, 3), ``audio_wav`` (N,) int16 the 16 kHz audio,
+    ``states`` (F, 384) f16 the ``audio_encoder``'s Whisper states of that audio at the frames
+    (``moda_hub.speech_states``; :func:`add_encoder_states` adds them to an older dataset).
 ``frames_XXXX.npy`` (F, crop_size, crop_size, 3) uint8 face crops, rows as the shard's
     (``np.load(..., mmap_mode="r")``).
 ``subjects.npz``: ``meshes`` (S, 478, 3) canonical mesh of each utterance's first frame.
@@ -415,6 +417,8 @@ def prepare_videos(inputs, out_dir: str, crop_size: int = 256, val_fraction: flo
         next_shard = max(next_shard, shard + 1)
         next_subject = max(next_subject, subject_start + len(rec["utterances"]))
     bar.close()
+    if any(r["utterances"] for r in records.values()):
+        add_encoder_states(out_dir)           # what a stage 1 hearing the audio encoder trains on
     manifest = write_manifest(out_dir, [records[n] for n in names if n in records], failed, crop_size,
                               val_fraction, seed, val_names, smoothing)
     say(f"prepare: {len(manifest['videos'])} videos, {len(manifest['utterances'])} utterances, "
@@ -460,6 +464,37 @@ def write_manifest(out_dir: str, records: List[dict], failed: List[dict], crop_s
         json.dump(manifest, fh, indent=1)
     os.replace(tmp, os.path.join(out_dir, "manifest.json"))
     return manifest
+
+
+def add_encoder_states(data_dir: str, encoder=None) -> int:
+    """Add ``states`` (the ``audio_encoder``'s Whisper states of each video's audio, one row per
+    stored frame) to the shards of a prepared dataset that lack them; returns how many shards
+    were written. The states are computed over the whole audio, as at inference, then indexed by
+    ``frame_index``."""
+    from ..speech_states import default_encoder, encoder_features
+
+    encoder = encoder if encoder is not None else default_encoder()
+    written = 0
+    for path in sorted(glob.glob(os.path.join(data_dir, "shard_*.npz"))):
+        if path.endswith(".tmp.npz"):
+            continue
+        with np.load(path) as z:
+            if "states" in z.files:
+                continue
+            d = {k: z[k] for k in z.files}
+        wav = d["audio_wav"].astype(np.float32) / 32767.0
+        fi = d["frame_index"].astype(np.int64)
+        n = max(int(fi.max()) + 1 if len(fi) else 0, int(round(len(wav) / SAMPLE_RATE * FPS)))
+        if len(wav):
+            states = encoder_features(wav, FPS, encoder, num_frames=n)
+        else:
+            states = np.zeros((n, encoder.config.d_model), np.float32)
+        d["states"] = states[fi].astype(np.float16)
+        tmp = path[:-len(".npz")] + ".tmp.npz"
+        np.savez(tmp, **d)
+        os.replace(tmp, path)
+        written += 1
+    return written
 
 
 def load_manifest(data_dir: str) -> dict:

@@ -11,7 +11,9 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
     ``options`` go to the renderer trainer (``moda_hub.training.train_renderer.train_renderer``);
     for "moda", ``lip_input`` ("all" | "phones" | "phones+energy" | "phones+bands", see ``ModaModel``)
     sets what a model trained from scratch feeds its lips (the shipped recipe: "phones+bands") and
-    ``ema_decay`` whether the saved weights are a moving average (the shipped recipe: 0.998); ``threads``
+    ``ema_decay`` whether the saved weights are a moving average (the shipped recipe: 0.998),
+    ``features`` what it hears (``moda_hub.features.FEATURE_KINDS``; the shipped recipe:
+    "whisper-tiny", which needs a corpus with encoder states); ``threads``
     (torch CPU threads, None = the trainer's default) goes to every stage."""
     if stage == "renderer":
         from .train_renderer import train_renderer
@@ -19,7 +21,8 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
     if stage == "moda":
         from .train_moda import train_moda
         lip_input = options.pop("lip_input", None)
-        return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init,
+        extra = {"features": options["features"]} if options.get("features") else {}
+        return train_moda(data, out, minutes=minutes, steps=steps, seed=seed, init=init, **extra,
                           model_kwargs={"lip_input": lip_input} if lip_input else None,
                           threads=options.get("threads"), ema_decay=options.get("ema_decay"))
     if stage == "composer":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -50,16 +50,19 @@ class MotionCorpus:
 
     features: a ``moda_hub.features.FEATURE_KINDS`` kind: the log-mel rows, then the first
     ``PHONE_COLUMNS[features]`` columns of the stored phone stream (a corpus built before the
-    opening column has 13: it serves "logmel" and "logmel+phones" only).
+    opening column has 13: it serves "logmel" and "logmel+phones" only); for the encoder kinds
+    ("whisper-tiny") the stored ``states`` instead (a corpus built before them has none: rebuild
+    it, or for a prepared video dataset ``moda_hub.data.video_dataset.add_encoder_states``).
     utterances: list of dicts with "features" (T, F) float32, "lip" (T, 40, 3), "eye" (T, 60, 3),
     "head" (T, 7), "torso" (T, 2) float32 (contract units), "subject" int, "blink_rate" (per minute).
     subjects: (S, 478, 3) canonical meshes.
     """
 
     def __init__(self, data_dir: str, split: str, features: str = "logmel+phones+opening"):
-        from moda_hub.features import PHONE_COLUMNS, feature_dim
+        from moda_hub.features import ENCODER_KINDS, PHONE_COLUMNS, feature_dim
 
         feature_dim(features)
+        encoded = features in ENCODER_KINDS
         n_phone = PHONE_COLUMNS[features]
         manifest = json.loads((Path(data_dir) / "manifest.json").read_text()) \
             if (Path(data_dir) / "manifest.json").exists() else {}
@@ -69,6 +72,11 @@ class MotionCorpus:
         self.utterances: List[dict] = []
         for d, metas in _shards(data_dir, split):
             fo = d["frame_offsets"]
+            if encoded and "states" not in d:
+                raise ValueError(f"corpus {data_dir!r} has no audio-encoder states, features={features!r} "
+                                 "needs them — rebuild it (moda prepare synthetic), add them to a prepared "
+                                 "video dataset (video_dataset.add_encoder_states) or train with the "
+                                 "features it has")
             if n_phone and d["phones"].shape[1] < n_phone:      # the speaker-robust phone stream
                 raise ValueError(
                     f"corpus {data_dir!r} stores {d['phones'].shape[1]} phone columns, features="
@@ -80,9 +88,13 @@ class MotionCorpus:
                 i = m["index"]
                 a, b = int(fo[i]), int(fo[i + 1])
                 u = {k: d[k][a:b].astype(np.float32) for k in ("features", "lip", "eye", "head", "torso")}
+                if encoded:
+                    u["features"] = d["states"][a:b].astype(np.float32)
                 if n_phone:
                     u["features"] = np.concatenate([u["features"], d["phones"][a:b, :n_phone].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
+                u["id"] = m.get("id", "")
+                u["speaker"] = str(m.get("speaker") or m.get("video") or m.get("voice") or "")
                 # real videos (moda prepare video) record the measured rate; synthetic ones the rig's
                 u["blink_rate"] = float(m["blink_rate"]) if "blink_rate" in m else blink_rate_of(d["params"][a:b], self.fps)
                 self.utterances.append(u)
@@ -128,3 +140,54 @@ class DenseFrames:
         t = torch.from_numpy
         cond = self.subjects[self.subject[idx]].reshape(len(idx), -1)
         return t(self.lip[idx]), t(self.eye[idx]), t(cond), t(self.dense[idx])
+
+
+def mix_corpora(corpora: List[MotionCorpus], shares: Optional[List[float]] = None) -> MotionCorpus:
+    """One stage-1 corpus from several (e.g. the synthetic corpus and prepared real footage).
+
+    Subjects are stacked (each utterance's ``subject`` re-indexed); every utterance gets
+    ``source`` (its corpus's position) and ``weight``: the sampling weight per frame that gives
+    corpus ``k`` the share ``shares[k]`` of training windows (default: in proportion to frames).
+    All corpora must have the same feature kind and frame rate."""
+    kinds = {(c.feature_kind, c.fps, c.feature_dim) for c in corpora}
+    if len(kinds) != 1:
+        raise ValueError(f"corpora to mix must share features and fps, got {sorted(kinds)}")
+    out = MotionCorpus.__new__(MotionCorpus)
+    out.feature_kind, out.fps, out.feature_dim = corpora[0].feature_kind, corpora[0].fps, corpora[0].feature_dim
+    out.subjects = np.concatenate([c.subjects for c in corpora])
+    out.utterances = []
+    frames = [sum(len(u["features"]) for u in c.utterances) for c in corpora]
+    shares = list(shares) if shares is not None else [f / sum(frames) for f in frames]
+    offset = 0
+    for k, c in enumerate(corpora):
+        for u in c.utterances:
+            out.utterances.append(dict(u, subject=u["subject"] + offset, source=k,
+                                       weight=shares[k] / max(frames[k], 1)))
+        offset += len(c.subjects)
+    return out
+
+
+def speaker_lip_scale(corpus: MotionCorpus, speaker_of=None) -> Dict[str, float]:
+    """Per speaker: the RMS of the lip offsets' frame-to-frame spread (the std over frames of
+    each lip coordinate, averaged over the coordinates, pooled over the speaker's utterances) —
+    how far that face's lips move in the corpus's units. ``speaker_of(u)`` names an utterance's
+    speaker (default ``u["speaker"]``)."""
+    speaker_of = speaker_of or (lambda u: u["speaker"])
+    groups: Dict[str, list] = {}
+    for u in corpus.utterances:
+        lip = u["lip"].reshape(len(u["lip"]), -1)
+        groups.setdefault(speaker_of(u), []).append(lip - lip.mean(0))
+    return {s: float(np.sqrt((np.concatenate(v) ** 2).mean(0)).mean()) for s, v in groups.items()}
+
+
+def normalise_speakers(corpus: MotionCorpus, target: float, speaker_of=None) -> Dict[str, float]:
+    """Scale each speaker's lip offsets so that its :func:`speaker_lip_scale` is ``target``
+    (targets from different faces and trackers move by different amounts: a speaker with a
+    small mouth, far from the camera, or a timid articulator would otherwise teach a damped
+    mouth). Returns the factor applied per speaker."""
+    speaker_of = speaker_of or (lambda u: u["speaker"])
+    scales = speaker_lip_scale(corpus, speaker_of)
+    factors = {s: target / max(v, 1e-6) for s, v in scales.items()}
+    for u in corpus.utterances:
+        u["lip"] = (u["lip"] * factors[speaker_of(u)]).astype(np.float32)
+    return factors

@@ -34,8 +34,8 @@ class WindowBatches:
     def __init__(self, corpus: MotionCorpus, model: ModaModel, window: int, batch_size: int, seed: int):
         self.corpus, self.model, self.window, self.batch_size = corpus, model, window, batch_size
         self.rng = np.random.default_rng(seed)
-        lengths = np.array([len(u["features"]) for u in corpus.utterances], float)
-        self.prob = lengths / lengths.sum()
+        lengths = np.array([len(u["features"]) * u.get("weight", 1.0) for u in corpus.utterances], float)
+        self.prob = lengths / lengths.sum()       # a mixed corpus's "weight": its share per frame
 
     def __iter__(self):
         return self
@@ -145,12 +145,17 @@ def calibrate_latent_scale(model: ModaModel, corpus: MotionCorpus, candidates=(1
     return float(best)
 
 
-def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
+def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[int] = None,
                seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
                lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones+opening",
                model_kwargs: Optional[dict] = None, threads: Optional[int] = None,
                ema_decay: Optional[float] = None) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
+
+    data: a corpus folder, or ``(train, val)`` / ``(train, val, calibration)`` :class:`MotionCorpus`
+    objects built by the caller (e.g. :func:`~moda_hub.training.corpus.mix_corpora` of synthetic
+    and real footage, speakers normalised; ``calibration``: the corpus whose head motion the prior
+    scale is matched to, default ``val``); ``features`` must then be theirs.
 
     minutes / steps: stop at whichever comes first (at least one must be given).
     init: a pipeline folder (its ``moda/`` subfolder is used) or a component folder to start from.
@@ -170,8 +175,15 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
         sub = os.path.join(init, "moda")
         model = ModaModel.from_pretrained(sub if os.path.isdir(sub) else init)
         features = model.config.features
-    train = MotionCorpus(data, "train", features)
-    val = MotionCorpus(data, "val", features)
+    calib = None
+    if isinstance(data, (tuple, list)):
+        train, val = data[:2]
+        calib = data[2] if len(data) > 2 else None
+        if train.feature_kind != features:
+            raise ValueError(f"the corpora hold {train.feature_kind!r} features, not features={features!r}")
+    else:
+        train = MotionCorpus(data, "train", features)
+        val = MotionCorpus(data, "val", features)
     if not init:
         kwargs = {"phone_dim": PHONE_COLUMNS[features] or 13, **(model_kwargs or {})}
         model = ModaModel(features=features, audio_dim=train.feature_dim, fps=train.fps, **kwargs)
@@ -226,7 +238,7 @@ def train_moda(data: str, out: str, minutes: Optional[float] = None, steps: Opti
                 for e, p in zip(ema, params):
                     p.copy_(e)
         metrics = validate(model, val)
-        metrics["latent_scale"] = calibrate_latent_scale(model, val)
+        metrics["latent_scale"] = calibrate_latent_scale(model, calib or val)
         metrics.update(steps=step, seconds=round(time.time() - start, 1))
         log.finish(model, metrics)
     return model

