@@ -123,7 +123,7 @@ def user_errors(cfg: SpaceConfig):
 
 # ---------------------------------------------------------------------------------- handlers
 def _options(seed, temperature, variations, fps, output_size, mouth_scale, head_motion_scale,
-             blink_rate, still, face_index) -> AnimateOptions:
+             blink_rate, still, face_index, expression_scale=1.0) -> AnimateOptions:
     def whole(name, value):
         if value is None or float(value) != int(value):
             raise InvalidParameterError(f"{name}={value!r} — use a whole number")
@@ -134,7 +134,7 @@ def _options(seed, temperature, variations, fps, output_size, mouth_scale, head_
                           variations=whole("variations", variations), fps=whole("fps", fps),
                           output_size=whole("output size", output_size), mouth_scale=float(mouth_scale),
                           head_motion_scale=float(head_motion_scale), blink_rate=float(blink_rate),
-                          still=bool(still), face_index=face_index)
+                          still=bool(still), face_index=face_index, expression_scale=float(expression_scale))
 
 
 def _check_portrait(portrait) -> None:
@@ -146,7 +146,7 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
     """The functions behind the page's events, bound to one pipeline and configuration."""
 
     def generate(portrait, audio, text, source, voice, speech_rate, seed, temperature, variations, fps,
-                 output_size, mouth_scale, head_motion_scale, blink_rate, still, face_index,
+                 output_size, mouth_scale, head_motion_scale, blink_rate, still, face_index, expression_scale,
                  progress=gr.Progress()):
         with user_errors(cfg):
             _check_portrait(portrait)
@@ -154,7 +154,7 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
             has_text = bool(text and text.strip())
             use_text = has_text and (source == "text" or audio is None)
             opts = _options(seed, temperature, variations, fps, output_size, mouth_scale,
-                            head_motion_scale, blink_rate, still, face_index)
+                            head_motion_scale, blink_rate, still, face_index, expression_scale)
             gone = client_watch()
             progress(0.0, desc="reading the speech")
             wav = load_speech(None if use_text else audio, text if use_text else None, voice=voice,
@@ -168,13 +168,14 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
 
     def animate_api(portrait, audio=None, text=None, seed=0, temperature=1.0, fps=30, output_size=256,
                     mouth_scale=1.0, head_motion_scale=1.0, blink_rate=17.0, still=False, face_index=-1,
-                    voice="en-us", speech_rate=165, progress=gr.Progress()):
+                    voice="en-us", speech_rate=165, expression_scale=1.0, progress=gr.Progress()):
         """One video (MP4 with the speech) of `portrait` saying `audio` or `text` (give one).
-        face_index -1 = the largest face; output_size 256 / 512 (face crop) or 0 (full image)."""
+        face_index -1 = the largest face; output_size 256 / 512 (face crop) or 0 (full image);
+        expression_scale 1 = the portrait's expression as photographed, 0 = a neutral mouth and brows."""
         with user_errors(cfg):
             _check_portrait(portrait)
             opts = _options(seed, temperature, 1, fps, output_size, mouth_scale, head_motion_scale,
-                            blink_rate, still, face_index)
+                            blink_rate, still, face_index, expression_scale)
             gone = client_watch()
             wav = load_speech(audio, text, voice=voice, speech_rate=speech_rate,
                               max_seconds=cfg.max_audio_seconds)
@@ -354,6 +355,9 @@ def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
                         fps = gr.Radio([25, 30], value=30, label="Frames per second")
                         output_size = gr.Radio(SIZES, value=256, label="Output size")
                     mouth_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Mouth amplitude")
+                    expression_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Expression kept",
+                                                 info="1 = the portrait's own smile or frown as photographed; "
+                                                      "0 = a neutral mouth and brows", elem_id="expression-scale")
                     head_motion_scale = gr.Slider(0.0, 3.0, value=1.0, step=0.05, label="Head motion")
                     blink_rate = gr.Slider(0, 40, value=17, step=1, label="Blinks per minute")
                     with gr.Row():
@@ -379,12 +383,13 @@ def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
         text_tab.select(lambda: "text", None, source, api_visibility="private", queue=False)
         random_seed.click(lambda: random.randrange(2 ** 31), None, seed, api_visibility="private", queue=False)
         run.click(generate, [portrait, audio, text, source, voice, speech_rate, seed, temperature, variations,
-                             fps, output_size, mouth_scale, head_motion_scale, blink_rate, still, face_index],
+                             fps, output_size, mouth_scale, head_motion_scale, blink_rate, still, face_index,
+                             expression_scale],
                   [video, gallery, mesh_video, plot, npz], api_name="generate", api_visibility="undocumented",
                   concurrency_id="animate", concurrency_limit=cfg.concurrency)
         gr.Button(visible=False).click(
             animate_api, [portrait, audio, text, seed, temperature, fps, output_size, mouth_scale,
-                          head_motion_scale, blink_rate, still, face_index, voice, speech_rate],
+                          head_motion_scale, blink_rate, still, face_index, voice, speech_rate, expression_scale],
             api_video, api_name="animate", concurrency_id="animate", concurrency_limit=cfg.concurrency)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
     return demo

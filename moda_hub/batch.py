@@ -20,7 +20,8 @@ image (required)    portrait file; relative paths are relative to the manifest's
 audio | text        speech file, or text spoken by espeak-ng (exactly one per row)
 seed                generator seed (default 0)
 fps                 25 or 30 (24, 50, 60 also work; default 30)
-size                256 or 512 face crop, 0 = full image pasted back (default: the renderer's)
+size                256 or 512 face crop, 0 = full image pasted back (default: the full image up
+                    to 1 megapixel, else the renderer's 512 crop)
 still               1/true/yes: head and torso still (default false)
 blink_rate          blinks per minute (default 17)
 head_motion_scale   head and torso motion amplitude (default 1)
@@ -29,6 +30,8 @@ temperature         latent scale, 0 = mean motion (default 1)
 voice               espeak-ng voice for ``text`` (default en-us)
 speech_rate         words per minute for ``text`` (default 165)
 face_index          which face, left to right (default: the largest)
+expression_scale    how much of the portrait's own expression is kept: 1 as photographed (default),
+                    0 a neutral mouth and brows, up to 1.5
 ==================  ===========================================================================
 
 Outputs in ``DIR``:
@@ -76,7 +79,7 @@ from .output_paths import check_output_dir
 
 MANIFEST_COLUMNS = ("image", "audio", "text", "seed", "fps", "size", "still", "blink_rate",
                     "head_motion_scale", "mouth_scale", "temperature", "voice", "speech_rate",
-                    "face_index")
+                    "face_index", "expression_scale")
 #: Longest manifest cell, characters (a text cell is also limited by espeak-ng's 10 000).
 MAX_CELL_CHARS = 100_000
 DONE_FILE = "done.jsonl"
@@ -101,6 +104,7 @@ _CONTROLS: Dict[str, tuple] = {
     "blink_rate": ("blink_rate", float), "head_motion_scale": ("head_motion_scale", float),
     "mouth_scale": ("mouth_scale", float), "temperature": ("temperature", float),
     "voice": ("voice", str), "speech_rate": ("speech_rate", int), "face_index": ("face_index", int),
+    "expression_scale": ("expression_scale", float),
 }
 
 

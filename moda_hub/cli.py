@@ -28,12 +28,16 @@ def _add_generate(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--size", type=int, default=None, help="256 or 512 face crop, 0 = full image")
+    p.add_argument("--size", type=int, default=None,
+                   help="256 or 512 face crop, 0 = full image (default: full image up to 1 megapixel, else 512)")
     p.add_argument("--mouth-scale", type=float, default=1.0)
     p.add_argument("--head-motion-scale", type=float, default=1.0)
     p.add_argument("--blink-rate", type=float, default=17.0, help="blinks per minute")
     p.add_argument("--still", action="store_true", help="head still, blinks and lips kept")
     p.add_argument("--face-index", type=int, default=None, help="face left to right; default the largest")
+    p.add_argument("--expression-scale", type=float, default=1.0,
+                   help="how much of the portrait's own mouth and brow expression the speaking face keeps: "
+                        "1 as photographed, 0 a neutral mouth and brows (a broad smile fades), up to 1.5")
     p.add_argument("--voice", default="en-us")
     p.add_argument("--speech-rate", type=int, default=165)
     p.add_argument("--landmarks", help="also save landmarks and motion to this .npz (written together with the "
@@ -73,7 +77,8 @@ def _generate(args):
                    speech_rate=args.speech_rate, generator=torch.Generator().manual_seed(args.seed),
                    temperature=args.temperature, mouth_scale=args.mouth_scale,
                    head_motion_scale=args.head_motion_scale, blink_rate=args.blink_rate, still=args.still,
-                   fps=args.fps, face_index=args.face_index, output_size=args.size, output_type="mp4",
+                   fps=args.fps, face_index=args.face_index, expression_scale=args.expression_scale,
+                   output_size=args.size, output_type="mp4",
                    output_path=staged.stage(outputs[VIDEO], ".mp4"), callback=progress)
         bar.close()
         if LANDMARKS in outputs:
@@ -193,7 +198,8 @@ def _evaluate(args):
 def _add_batch(sub):
     p = sub.add_parser("batch", help="one MP4 per manifest row; resumable; runs under `accelerate launch` too")
     p.add_argument("manifest", help="CSV: image, audio or text, optional seed, fps, size, still, blink_rate, "
-                                    "head_motion_scale, mouth_scale, temperature, voice, speech_rate, face_index")
+                                    "head_motion_scale, mouth_scale, temperature, voice, speech_rate, face_index, "
+                                    "expression_scale")
     p.add_argument("--out", required=True, help="output folder (MP4s, done.jsonl, errors.jsonl)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder or Hub id")
 

@@ -5,6 +5,7 @@ front-end; the maths lives there.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .audio import load_audio, synthesize_speech
 from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
 from .features import ENCODER_KINDS, FeatureTable
 from .errors import InvalidParameterError
+from .face.expression import EXPRESSION_SCALE_RANGE, relax_expression
 from .face.pose import apply_head_offset, from_canonical
 from .face.subject import Subject, prepare_subject
 from .models.audio_encoder import WhisperTinyEncoder
@@ -28,6 +30,7 @@ from .models.moda import ModaModel
 from .motion import apply_controls, resample_motion, source_range
 from .phone_worker import shared_worker
 from .output_paths import VIDEO, check_output_file
+from .render.crop import default_output_size
 from .video import Mp4Writer
 
 SAMPLE_RATE = 16000
@@ -178,7 +181,8 @@ class ModaPipeline(DiffusionPipeline):
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
                      blink_rate, output_size, *, still=False, face_index=None, generator=None,
-                     max_audio_seconds=MAX_AUDIO_SECONDS, speech_rate=165, sample_rate=None, voice="en-us"):
+                     max_audio_seconds=MAX_AUDIO_SECONDS, speech_rate=165, sample_rate=None, voice="en-us",
+                     expression_scale=1.0):
         """Check every parameter of a call before any work; raise InvalidParameterError naming the
         parameter, the value, the type or range expected and what to do.
 
@@ -198,7 +202,8 @@ class ModaPipeline(DiffusionPipeline):
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise InvalidParameterError(f"output_type={output_type!r} — use one of {', '.join(OUTPUT_TYPES)}")
         for name, value, hi in (("temperature", temperature, 3.0), ("mouth_scale", mouth_scale, 3.0),
-                                ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0)):
+                                ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0),
+                                ("expression_scale", expression_scale, EXPRESSION_SCALE_RANGE[1])):
             if not _is_number(value):
                 raise InvalidParameterError(f"{name}={value!r} is a {type(value).__name__} — pass a number "
                                             f"(int or float) from 0 to {hi}")
@@ -241,13 +246,14 @@ class ModaPipeline(DiffusionPipeline):
                           output_size, still=get("still", False), face_index=get("face_index"),
                           generator=get("generator"), max_audio_seconds=get("max_audio_seconds", MAX_AUDIO_SECONDS),
                           speech_rate=get("speech_rate", 165), sample_rate=get("sample_rate"),
-                          voice=get("voice", "en-us"))
+                          voice=get("voice", "en-us"), expression_scale=get("expression_scale", 1.0))
 
     # ------------------------------------------------------------------ steps
     def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
                 speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
                 mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
                 still: bool = False, fps: int = 30, face_index: Optional[int] = None,
+                expression_scale: float = 1.0,
                 max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS, callback: Optional[Callable[[str, float], None]] = None
                 ) -> _Session:
         """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`."""
@@ -265,6 +271,8 @@ class ModaPipeline(DiffusionPipeline):
         # 2. the portrait: decode, find the face, its pose and canonical mesh
         report("face", 0.1)
         subject = prepare_subject(image, face_index=face_index)
+        if expression_scale != 1.0:            # the portrait's own mouth and brows, relaxed (or stronger)
+            subject = dataclasses.replace(subject, canonical=relax_expression(subject.canonical, expression_scale))
         # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
         report("features", 0.15)
         model_fps = self.moda.config.fps
@@ -350,6 +358,8 @@ class ModaPipeline(DiffusionPipeline):
         """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4.
         ``internal``: the chunks' frames stay inside the pipeline (``__call__``), not the user's."""
         report = callback or (lambda stage, fraction: None)
+        if output_size is None:                     # full image for photos up to 1 MP, else the renderer's crop
+            output_size = default_output_size(session.subject.image.shape[:2])
         prepared = self.renderer.prepare(session.subject.image, session.subject.landmarks_px,
                                          output_size=output_size) if render else None
         writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
@@ -379,8 +389,9 @@ class ModaPipeline(DiffusionPipeline):
                  voice: str = "en-us", speech_rate: int = 165, generator: Optional[torch.Generator] = None,
                  temperature: float = 1.0, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
                  blink_rate: float = 17.0, still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-                 output_size: Optional[int] = None, output_type: str = "mp4", output_path: Optional[str] = None,
-                 overwrite: bool = False, max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
+                 expression_scale: float = 1.0, output_size: Optional[int] = None, output_type: str = "mp4",
+                 output_path: Optional[str] = None, overwrite: bool = False,
+                 max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
                  callback: Optional[Callable[[str, float], None]] = None) -> ModaPipelineOutput:
         r"""Animate ``image`` with ``audio`` (or ``text`` spoken by espeak-ng).
 
@@ -401,8 +412,13 @@ class ModaPipeline(DiffusionPipeline):
             still (bool, default False): keep the head and torso still; blinks and lips kept.
             fps (int, default 30): output frame rate (25 or 30).
             face_index (int, optional): which face, left to right, in a group photo; None = the largest.
+            expression_scale (float, default 1.0, 0 to 1.5): how much of the portrait's own mouth and
+                brow expression the speaking face keeps: 1 as photographed, 0 relaxed towards a neutral
+                mouth and brows around which the speech moves (a broad smile or pout fades), 1.5 stronger
+                (see :mod:`moda_hub.face.expression`).
             output_size (int, optional): 256 or 512 for a square face crop, 0 for the full image
-                pasted back; None uses the renderer's default.
+                pasted back; None: the full image for photos up to 1 megapixel
+                (``moda_hub.render.crop.FULL_IMAGE_MAX_PIXELS``), else the renderer's default crop (512).
             output_type (str, default "mp4"): "mp4" | "np" | "pil" | "landmarks" (no rendering).
             output_path (str, optional): where the MP4 goes (default "outputs/moda.mp4"); must end in
                 .mp4 or .m4v; never an input of the call, a device, FIFO or a link into another folder
@@ -420,7 +436,7 @@ class ModaPipeline(DiffusionPipeline):
         kwargs = dict(sample_rate=sample_rate, voice=voice, speech_rate=speech_rate, generator=generator,
                       temperature=temperature, mouth_scale=mouth_scale, head_motion_scale=head_motion_scale,
                       blink_rate=blink_rate, still=still, fps=fps, face_index=face_index,
-                      max_audio_seconds=max_audio_seconds, callback=callback)
+                      expression_scale=expression_scale, max_audio_seconds=max_audio_seconds, callback=callback)
         self._check_call(image, audio, text, output_type, output_size, kwargs)
         report = callback or (lambda stage, fraction: None)
         video_path = None

@@ -440,7 +440,7 @@ class RawClient:
         import httpx
 
         session = uuid.uuid4().hex[:11]
-        data = [portrait, audio, text, 0, 1.0, 25, 256, 1.0, 1.0, 17.0, False, -1, "en-us", 165]
+        data = [portrait, audio, text, 0, 1.0, 25, 256, 1.0, 1.0, 17.0, False, -1, "en-us", 165, 1.0]  # + expression_scale
         with httpx.Client(timeout=httpx.Timeout(timeout, connect=30)) as http:
             r = http.post(self.url + "gradio_api/queue/join", json={
                 "data": data, "fn_index": self.fn_index["animate"], "session_hash": session,

@@ -73,7 +73,8 @@ class MouthModel:
                        portrait_lower=lower, portrait_split=_darkest_split(image_rgb, frame, upper, lower))
         return cls(teeth_rgb=teeth.astype(np.float32),
                    cavity_rgb=(lip * cavity_darkness).astype(np.float32),
-                   tongue_rgb=(lip * np.float32([0.72, 0.55, 0.55])).astype(np.float32),
+                   tongue_rgb=(lip * (_TONGUE_TINT if _chroma(lip[None])[0] >= GREY_CHROMA else np.float32(0.6))
+                               ).astype(np.float32),
                    ref_gap=inner_gap(ref_xy), **own, **sizes)
 
 
@@ -104,6 +105,15 @@ def inner_gap(xy: np.ndarray) -> float:
 
 
 _TEETH_TINT = np.float32([1.0, 0.95, 0.85])   # teeth are warmer than the sclera or a white shirt
+_TONGUE_TINT = np.float32([0.72, 0.55, 0.55])  # the tongue: the lips' colour, redder and darker
+#: A portrait whose skin (or lips) has a median chroma below this is black and white: teeth and
+#: tongue get no warm tint (a coloured mouth in a grey photo stands out).
+GREY_CHROMA = 0.05
+
+
+def _chroma(px: np.ndarray) -> np.ndarray:
+    """(N,) (max - min) / max of (N, 3) RGB pixels: 0 grey, 1 fully saturated."""
+    return (px.max(axis=1) - px.min(axis=1)) / np.maximum(px.max(axis=1), 1.0)
 
 
 def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
@@ -116,7 +126,8 @@ def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
     median skin inside the eye openings, outside the iris circles, the brightest 30% of them); with too little visible
     sclera (closed eyes, glasses, tiny faces) the less colourful half of the brightest 3% of the
     canvas (shirt, hat, walls), never brighter than the brightest skin. Whites other than teeth
-    are warmed a little. Lips: mean colour between the outer and inner lips.
+    are warmed a little (not in a black-and-white portrait). Lips: mean colour between the outer
+    and inner lips.
     """
     h, w = image_rgb.shape[:2]
     img = image_rgb.reshape(-1, 3).astype(np.float32)
@@ -127,8 +138,7 @@ def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
                      cv2.LINE_8, shift)
         return m.reshape(-1) > 0
 
-    def chroma(px):
-        return (px.max(axis=1) - px.min(axis=1)) / np.maximum(px.max(axis=1), 1.0)
+    chroma = _chroma
 
     eyes = poly_mask([ref_xy[topo.RIGHT_EYE_LOOP], ref_xy[topo.LEFT_EYE_LOOP]])
     gy, gx = [g.reshape(-1) + 0.5 for g in np.mgrid[0:h, 0:w].astype(np.float32)]
@@ -159,6 +169,8 @@ def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
         whites = np.median(bright[c <= np.median(c)], axis=0)
         whites *= min(1.0, skin_top / max(float(whites.mean()), 1.0))
         tint, source = _TEETH_TINT, "whites"
+    if len(face) and float(np.median(chroma(face))) < GREY_CHROMA:    # black and white: no warm tint
+        tint = np.float32([1.0, 1.0, 1.0])
     lips = poly_mask([ref_xy[topo.LIPS_OUTER]]) & ~poly_mask([ref_xy[topo.LIPS_INNER]])
     lip_px = img[lips]
     lip = lip_px.mean(axis=0) if len(lip_px) else np.array([150.0, 80.0, 80.0], np.float32)
@@ -166,8 +178,14 @@ def mouth_colours(image_rgb: np.ndarray, ref_xy: np.ndarray):
 
 
 def activity(xy: np.ndarray, model: MouthModel) -> float:
-    """How much synthesis a frame gets, 0..1, from its (478, 2) landmarks."""
-    return float(np.clip((inner_gap(xy) - model.ref_gap - model.open_threshold) / model.blend_range, 0.0, 1.0))
+    """How much synthesis a frame gets, 0..1, from its (478, 2) landmarks: the lips parting more
+    than in the portrait -- or, for a portrait showing its teeth, closing more than in it (the
+    lips then cover its teeth instead of squashing them into a thin band)."""
+    gap = inner_gap(xy)
+    opening = (gap - model.ref_gap - model.open_threshold) / model.blend_range
+    if model.portrait is not None:
+        opening = max(opening, (model.ref_gap - gap - model.open_threshold) / model.blend_range)
+    return float(np.clip(opening, 0.0, 1.0))
 
 
 def _smooth_curve(knots_u: np.ndarray, knots_v: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -197,7 +215,7 @@ _U = np.linspace(-0.6, 0.6, 1201).astype(np.float32)
 
 def _gap_profile(centres: np.ndarray) -> np.ndarray:
     d = np.abs(np.abs(_U)[:, None] - centres[None]).min(axis=1)
-    return np.clip(1.0 - d / 0.012, 0.0, 1.0).astype(np.float32)
+    return np.clip(1.0 - d / 0.016, 0.0, 1.0).astype(np.float32)
 
 
 _UPPER_GAP_PROFILE = _gap_profile(_UPPER_GAPS)
@@ -334,9 +352,10 @@ def _mouth_kernel():
                         for c in range(3):
                             col[c] += a_lt * (colours[2, c] * lt_shade - col[c])
                     th = teeth_h * (f32(1.0) - f32(0.35) * u2)
-                    a_ut = min(max((up + th - v) * px + f32(0.5), f32(0.0)), f32(1.0)) * side
+                    # the teeth's biting edge: soft over ~2.5 % of the mouth width (1 px on small mouths)
+                    a_ut = min(max((up + th - v) * min(px, f32(40.0)) + f32(0.5), f32(0.0)), f32(1.0)) * side
                     under_lip = f32(1.0) - f32(0.3) * np.exp(-max(v - up, f32(0.0)) * f32(40.0))
-                    ut_shade = (f32(1.0) - f32(0.12) * upper_gap) * under_lip * (f32(0.7) + f32(0.3) * side)
+                    ut_shade = (f32(1.0) - f32(0.06) * upper_gap) * under_lip * (f32(0.7) + f32(0.3) * side)
                     for c in range(3):
                         col[c] += a_ut * (colours[2, c] * ut_shade - col[c])
                 a = alpha * cover

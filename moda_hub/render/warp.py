@@ -231,7 +231,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         n_eyeball = len(mesh_lib.EYEBALL_SOURCES)
         band = mesh_lib.build_band(xy, (box.width, box.height), tuple(cfg.band_scales),
                                    tuple(cfg.band_head_weights), cfg.torso_start, cfg.torso_end,
-                                   pinned_edges=box.inner_edges if full else (False,) * 4,
+                                   pinned_edges=_pinned_edges(box, full),
                                    first_id=topo.NUM_LANDMARKS + n_eyeball)
         eye_tris, iris = mesh_lib.eye_fill_triangles(xy)
         tris = np.concatenate([band.triangles, mesh_lib.mouth_fill_triangles(), eye_tris,
@@ -381,6 +381,14 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
         if alpha > 0:
             mouth_lib.synthesize(canvas, xy, p.mouth, alpha)
         return canvas
+
+
+def _pinned_edges(box: CropBox, full: bool) -> tuple[bool, bool, bool, bool]:
+    """Canvas edges the band must keep still (left, top, right, bottom): edges on the portrait's
+    border (past them lies only the background fill, which must never move into view) and, when
+    the canvas is pasted back, edges inside the portrait (the seam)."""
+    inner = box.inner_edges if full else (False,) * 4
+    return tuple(a or b for a, b in zip(box.border_edges, inner))
 
 
 def frame_meshes(landmarks_px, torso_offset_px=None):

@@ -53,6 +53,7 @@ class AnimateOptions:
     blink_rate: float = 17.0           # blinks per minute the model aims for
     still: bool = False                # head and torso still; lips and blinks kept
     face_index: Optional[int] = None   # face left to right in a group photo; None = the largest
+    expression_scale: float = 1.0      # portrait's own expression kept: 1 as photographed, 0 neutral
 
     def check(self) -> None:
         """Raise InvalidParameterError for a seed or a number of variations out of range
@@ -154,7 +155,8 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
     """
     options.check()
     pipe.check_inputs(wav, None, options.fps, "mp4", options.temperature, options.mouth_scale,
-                      options.head_motion_scale, options.blink_rate, options.output_size)
+                      options.head_motion_scale, options.blink_rate, options.output_size,
+                      expression_scale=options.expression_scale)
     rgb = load_image(image, max_side=MAX_IMAGE_SIDE)     # huge photos: decided from the header, bounded
     n = int(options.variations)
     results = []
@@ -171,6 +173,7 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
                              temperature=options.temperature, mouth_scale=options.mouth_scale,
                              head_motion_scale=options.head_motion_scale, blink_rate=options.blink_rate,
                              still=options.still, fps=options.fps, face_index=options.face_index,
+                             expression_scale=options.expression_scale,
                              output_size=options.output_size, output_path=base + ".mp4",
                              max_audio_seconds=None,            # load_speech applied the limit
                              callback=report)
