@@ -244,11 +244,31 @@ def main(argv=None) -> int:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)   # always one line
         return 2
     except KeyboardInterrupt:      # helper processes ignore Ctrl-C (own process group): one line, from here
-        resume = " — run the same command again to resume (finished rows are skipped)" \
-            if args.command == "batch" else " — nothing was written"
-        print(f"error: interrupted{resume}", file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
+    except Exception as err:       # Ctrl-C inside a C extension's import comes back as an ImportError
+        if args.debug or not _caused_by_ctrl_c(err):
+            raise
+        return _interrupted(args.command)
     return 0
+
+
+def _interrupted(command: str) -> int:
+    resume = " — run the same command again to resume (finished rows are skipped)" \
+        if command == "batch" else " — nothing was written"
+    print(f"error: interrupted{resume}", file=sys.stderr)
+    return 130
+
+
+def _caused_by_ctrl_c(err: BaseException) -> bool:
+    """True when a KeyboardInterrupt is in ``err``'s chain (pybind11 turns one that lands in a
+    module's initialisation, e.g. MediaPipe's, into ``ImportError: initialization failed``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":

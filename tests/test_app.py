@@ -492,9 +492,8 @@ def test_upload_stage_failures_reach_the_page_as_the_apps_message(raw, tmp_path,
     if content is None:
         path.write_bytes(_png_header_only(20000, 20000))
     elif content == "big":
-        from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
-        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                        "color=c=gray:s=12000x12000", "-frames:v", "1", str(path)], check=True, timeout=120)
+        from test_bad_inputs import _gray_png
+        path.write_bytes(_gray_png(12000, 12000))
     else:
         path.write_bytes(content)
     outcome, message = raw.animate(raw.upload(path))

@@ -148,14 +148,11 @@ class Media:
         return str(path)
 
     def big_png(self, side: int) -> str:
-        """A side x side gray PNG (a few hundred KB: it compresses to nothing), made by ffmpeg in its
-        own process."""
+        """A side x side gray PNG (a few hundred KB: it compresses to nothing), written row by row
+        so this process never holds the image."""
         path = self.path(f"big_{side}.png")
         if not path.exists():
-            from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
-            subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                            "-i", f"color=c=gray:s={side}x{side}", "-frames:v", "1", str(path)],
-                           check=True, timeout=120)
+            path.write_bytes(_gray_png(side, side))
         return str(path)
 
     def jpeg_bytes(self) -> bytes:
@@ -307,6 +304,22 @@ def _png_header_only(width: int, height: int) -> bytes:
     rows = zlib.compress(b"\0" * (3 * width + 1) * 4)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _gray_png(width: int, height: int) -> bytes:
+    """A complete, valid width x height gray RGB PNG, compressed row by row (never held whole)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" + b"\x80" * (3 * width)
+    packer, block = zlib.compressobj(9), row * 100
+    data = b"".join(packer.compress(block) for _ in range(height // 100))
+    data += packer.compress(row * (height % 100)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
 def _phone_photo(m) -> str:
@@ -1020,14 +1033,14 @@ def test_cli_speech_rate_0_names_the_flag_and_what_to_do(capsys, tmp_path):
 def test_ctrl_c_during_generate_text_is_one_line(tmp_path, media):
     """A terminal's Ctrl-C reaches the whole process group: the espeak-ng and phone helpers used to
     print their own KeyboardInterrupt tracebacks, interleaved with "error: interrupted"."""
-    from ctrl_c import interrupt_when_helpers_run
+    from ctrl_c import helper_count, interrupt_when_helpers_run
 
     image = media.image_file("astronaut.png", media.astronaut_pil())
     out = tmp_path / "clip.mp4"
     code, stderr = interrupt_when_helpers_run(
         [os.environ.get("PYTHON", __import__("sys").executable), "-m", "moda_hub.cli", "generate", "--image", image,
          "--text", "Hello there, this sentence keeps the portrait talking for a little while longer.",
-         "--out", str(out)], ROOT)
+         "--out", str(out)], ROOT, writing_into=str(tmp_path), helpers=helper_count(MODEL))
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — nothing was written"], stderr[-3000:]
     assert list(tmp_path.iterdir()) == []

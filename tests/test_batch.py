@@ -182,15 +182,14 @@ def test_ctrl_c_during_a_batch_is_one_line_and_the_same_command_resumes(tmp_path
     """A terminal's Ctrl-C goes to the whole foreground process group: the espeak-ng and phone helper
     processes must not print their own KeyboardInterrupt tracebacks; the batch resumes. (A stage 1
     that hears the audio encoder, as moda-base does, runs no phone helper: only espeak-ng's.)"""
-    from ctrl_c import interrupt_when_helpers_run
+    from ctrl_c import helper_count, interrupt_when_helpers_run
 
-    with open(os.path.join(MODEL, "moda", "config.json")) as f:
-        helpers = 2 if "phones" in json.load(f).get("features", "") else 1
+    helpers = helper_count(MODEL)
 
     manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "One, a little longer.", "size": "256"}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "moda_hub.cli", "batch", str(manifest), "--out", str(out), "--model", MODEL]
-    code, stderr = interrupt_when_helpers_run(cmd, ROOT, helpers=helpers)
+    code, stderr = interrupt_when_helpers_run(cmd, ROOT, writing_into=str(out), helpers=helpers)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 130 and lines == ["error: interrupted — run the same command again to resume (finished rows "
                                      "are skipped)"], stderr[-3000:]
