@@ -248,3 +248,25 @@ def test_video_info_on_missing_or_corrupt_files_says_what_is_wrong(tmp_path):
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(InvalidParameterError, match="cannot read"):
         read_video_info(bad)
+
+
+def test_big_frames_are_encoded_without_lookahead_or_b_frames_and_small_ones_as_before(tmp_path):
+    """Full-image output of a large photo: x264 holds fewer full-size frames in flight above
+    BIG_FRAME_PIXELS (no B-frames, no lookahead); face crops keep the default settings."""
+    import av
+    from av.video.frame import PictureType
+    from moda_hub.video import BIG_FRAME_PIXELS
+
+    def b_frames(path, size, n=12):
+        h, w = size
+        y, x = np.mgrid[0:h, 0:w]
+        frames = np.stack([((x + 9 * k) % 64 * 4 + (y % 7)).astype(np.uint8) for k in range(n)])
+        with Mp4Writer(path, fps=30) as writer:                 # the default preset (veryfast)
+            writer.write(np.repeat(frames[..., None], 3, axis=-1))
+        with av.open(str(path)) as c:
+            types = [PictureType(int(f.pict_type)) for f in c.decode(video=0)]
+        assert len(types) == n
+        return types.count(PictureType.B)
+
+    assert b_frames(tmp_path / "big.mp4", (1088, 1936)) == 0          # 2.1 MP
+    assert b_frames(tmp_path / "small.mp4", (128, 160)) > 0           # the default settings
