@@ -239,6 +239,19 @@ def test_motion_figure_has_three_panels_and_one_line_per_variation():
     fig.canvas.draw()
 
 
+def test_the_plot_counts_blinks_as_moda_evaluate_does():
+    """One blink rule: a dip to 0.6 x the open level is no blink for ``motion.count_blinks``
+    (``moda evaluate``), so the Space's plot must not count it either; a dip to 0.2 x is one."""
+    from moda_hub.motion import count_blinks
+    from moda_hub.space.plots import blink_threshold
+
+    openness = np.ones(60, np.float32)
+    openness[10:13] = 0.6
+    openness[40:43] = 0.2
+    assert count_blinks(openness, 25.0) == 1
+    assert blink_threshold(openness) == pytest.approx(0.5)
+
+
 def test_landmarks_npz_holds_landmarks_motion_and_fps(tmp_path):
     from moda_hub.space import save_landmarks_npz
 

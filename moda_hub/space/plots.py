@@ -10,20 +10,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from moda_hub.face.topology import eye_openness, mouth_aperture
+from moda_hub.motion import BLINK_CLOSED_RATIO, count_blinks
 
 _COLOURS = ["#4c6ef5", "#e8590c", "#2f9e44", "#ae3ec9"]
 
 
 def blink_threshold(openness: np.ndarray) -> float:
-    """Eye openness below which a frame counts as (part of) a blink: 70% of the median, the
-    open level (the lids of a blink need not meet in every frame at 25-30 fps)."""
-    return 0.7 * float(np.median(openness)) if len(openness) else 0.0
-
-
-def count_blinks(openness: np.ndarray) -> int:
-    """Number of closings: runs of frames below :func:`blink_threshold`."""
-    closed = np.asarray(openness) < blink_threshold(openness)
-    return int(np.sum(closed[1:] & ~closed[:-1]) + (1 if len(closed) and closed[0] else 0))
+    """Eye openness below which a frame counts as (part of) a blink: the threshold of
+    :func:`moda_hub.motion.count_blinks` (``BLINK_CLOSED_RATIO`` x the median, the open level), so
+    the plot counts what ``moda evaluate`` counts."""
+    return BLINK_CLOSED_RATIO * float(np.median(openness)) if len(openness) else 0.0
 
 
 def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample_rate: int = 16000):
@@ -62,7 +58,7 @@ def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample
         t = np.arange(len(var.landmarks)) / var.fps
         ax_mouth.plot(t, mouth_aperture(var.landmarks), color=colour, lw=1.4, label=f"seed {var.seed}")
         eyes = eye_openness(var.landmarks)
-        ax_eye.plot(t, eyes, color=colour, lw=1.4, label=f"seed {var.seed}: {count_blinks(eyes)} blinks")
+        ax_eye.plot(t, eyes, color=colour, lw=1.4, label=f"seed {var.seed}: {count_blinks(eyes, var.fps)} blinks")
         if i == 0:
             ax_eye.axhline(blink_threshold(eyes), color="0.5", lw=0.8, ls="--")
         head = np.asarray(var.motion["head"])
