@@ -6,6 +6,7 @@ front-end; the maths lives there.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -240,13 +241,14 @@ class ModaPipeline(DiffusionPipeline):
         """:meth:`check_inputs` with a call's keyword arguments (``kwargs`` as :meth:`prepare` takes them)."""
         if image is None:
             raise InvalidParameterError("no portrait given — pass `image` (a file path, PIL image or array)")
-        get = kwargs.get
-        self.check_inputs(audio, text, get("fps", 30), output_type, get("temperature", 1.0),
-                          get("mouth_scale", 1.0), get("head_motion_scale", 1.0), get("blink_rate", 17.0),
-                          output_size, still=get("still", False), face_index=get("face_index"),
-                          generator=get("generator"), max_audio_seconds=get("max_audio_seconds", MAX_AUDIO_SECONDS),
-                          speech_rate=get("speech_rate", 165), sample_rate=get("sample_rate"),
-                          voice=get("voice", "en-us"), expression_scale=get("expression_scale", 1.0))
+        # the defaults are prepare()'s own, so they are written once (its signature)
+        get = {**_PREPARE_DEFAULTS, **kwargs}.get
+        self.check_inputs(audio, text, get("fps"), output_type, get("temperature"), get("mouth_scale"),
+                          get("head_motion_scale"), get("blink_rate"), output_size, still=get("still"),
+                          face_index=get("face_index"), generator=get("generator"),
+                          max_audio_seconds=get("max_audio_seconds"), speech_rate=get("speech_rate"),
+                          sample_rate=get("sample_rate"), voice=get("voice"),
+                          expression_scale=get("expression_scale"))
 
     # ------------------------------------------------------------------ steps
     def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
@@ -466,6 +468,11 @@ class ModaPipeline(DiffusionPipeline):
         report("done", 1.0)
         return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
+
+
+#: prepare()'s keyword defaults (what a call that leaves an option out gets), for _check_call.
+_PREPARE_DEFAULTS = {name: p.default for name, p in inspect.signature(ModaPipeline.prepare).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def frames_per_chunk(prepared, chunk_frames: int) -> int:
