@@ -186,7 +186,10 @@ def test_ctrl_c_during_a_batch_is_one_line_and_the_same_command_resumes(tmp_path
 
     helpers = helper_count(MODEL)
 
-    manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": "One, a little longer.", "size": "256"}])
+    # several seconds of speech: on an idle machine a one-line row can finish before the interrupt lands
+    text = ("One, a little longer. This row keeps the portrait talking for several seconds, so that the "
+            "interrupt arrives while its video is being written.")
+    manifest = write_manifest(tmp_path, [{"image": "astronaut.png", "text": text, "size": "256"}])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "moda_hub.cli", "batch", str(manifest), "--out", str(out), "--model", MODEL]
     code, stderr = interrupt_when_helpers_run(cmd, ROOT, writing_into=str(out), helpers=helpers)
