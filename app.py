@@ -233,7 +233,7 @@ def voice_choices():
     """VOICES, then every other espeak-ng voice (when espeak-ng is installed)."""
     choices = list(VOICES)
     try:
-        from moda_hub.espeak import list_voices
+        from moda_hub.speech.espeak import list_voices
         known = {v.lower() for _, v in choices}
         choices += [(v.name, v.key) for v in list_voices() if v.key.lower() not in known]
     except Exception as err:  # espeak-ng missing: text input will say so when used

@@ -52,7 +52,7 @@ def _generate(args):
     from tqdm.auto import tqdm
 
     from .errors import InvalidParameterError
-    from .espeak import RATE_RANGE
+    from .speech.espeak import RATE_RANGE
     from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
     from .pipeline import ModaPipeline
 

@@ -11,8 +11,8 @@ Measures (all on landmarks, no rendering):
    both again against the ground truth lightly smoothed (Gaussian, sigma 1 frame), and how far the
    generated mouth moves next to the real one (:func:`movement_depth`: r ignores scale). Two naive
    baselines run next to the model, needing no model: the audio RMS envelope
-   (``moda_hub.audio.rms_envelope``) and recognised phones through a plain viseme-opening table
-   (:func:`moda_hub.phones.phone_opening_curve`).
+   (``moda_hub.speech.audio.rms_envelope``) and recognised phones through a plain viseme-opening table
+   (:func:`moda_hub.speech.phones.phone_opening_curve`).
 2. **Held-out synthetic utterances** (unseen voices) from a synthetic corpus folder
    (``moda_hub.data.synthetic``): mean L2 error of stage 1 over the 40 lip points, canonical units
    (outer-eye-corner distance = 1, so x100 is % of the inter-ocular distance).
@@ -228,8 +228,8 @@ def evaluate_real_clips(eval_dir: str, pipe=None, cache_dir: Optional[str] = "ou
         method, means over clips), ``model_beats_both`` (clips where the model's best-lag r
         beats both baselines'), ``phones_rtf`` (phone recognition wall time / audio time).
     """
-    from moda_hub.audio import load_audio, rms_envelope
-    from moda_hub.phones import phone_opening_curve, recognize_phones
+    from moda_hub.speech.audio import load_audio, rms_envelope
+    from moda_hub.speech.phones import phone_opening_curve, recognize_phones
 
     paths = list(clips) if clips is not None else sorted(glob.glob(os.path.join(eval_dir, "clips", "*.mp4")))
     if not paths:
@@ -307,7 +307,7 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     import torch
 
     from moda_hub.data.synthetic import load_utterances
-    from moda_hub.features import ENCODER_KINDS, PHONE_COLUMNS
+    from moda_hub.speech.features import ENCODER_KINDS, PHONE_COLUMNS
 
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     fps, model = manifest.get("fps"), pipe.moda
@@ -387,7 +387,7 @@ def evaluate_blinks(pipe, portrait, speech_files: Sequence[str], seed: int = 0,
         dict: ``files`` (per speech file: seconds, blinks, per_minute) and ``per_minute``
         (all blinks over all minutes). People blink about 15-20 times a minute when talking.
     """
-    from moda_hub.motion import count_blinks
+    from moda_hub.motion.controls import count_blinks
 
     rows, blinks, minutes = [], 0, 0.0
     for path in speech_files:

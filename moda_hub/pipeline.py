@@ -18,9 +18,9 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .audio import load_audio, synthesize_speech
-from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
-from .features import ENCODER_KINDS, FeatureTable
+from .speech.audio import load_audio, synthesize_speech
+from .motion.blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
+from .speech.features import ENCODER_KINDS, FeatureTable
 from .errors import InvalidParameterError
 from .face.expression import EXPRESSION_SCALE_RANGE, relax_expression
 from .face.pose import apply_head_offset, from_canonical
@@ -28,8 +28,8 @@ from .face.subject import Subject, prepare_subject
 from .models.audio_encoder import WhisperTinyEncoder
 from .models.composer import FacialComposer
 from .models.moda import ModaModel
-from .motion import apply_controls, resample_motion, source_range
-from .phone_worker import shared_worker
+from .motion.controls import apply_controls, resample_motion, source_range
+from .speech.phone_worker import shared_worker
 from .output_paths import VIDEO, check_output_file
 from .render.crop import default_output_size
 from .video import Mp4Writer
@@ -226,7 +226,7 @@ class ModaPipeline(DiffusionPipeline):
             raise InvalidParameterError(f"sample_rate={sample_rate!r} — pass the audio array's rate in Hz as a "
                                         "whole number, e.g. 16000" + _type_hint(sample_rate, "a whole number"))
         if text is not None:
-            from .espeak import RATE_RANGE
+            from .speech.espeak import RATE_RANGE
             lo, hi = RATE_RANGE
             if not _is_whole(speech_rate) or not lo <= speech_rate <= hi:
                 raise InvalidParameterError(f"speech_rate={speech_rate!r} is out of range — use a whole number of "

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe   # test fixtures only
 
-from moda_hub.audio import (Wav2Vec2Features, audio_features, frame_times, load_audio,
+from moda_hub.speech.audio import (Wav2Vec2Features, audio_features, frame_times, load_audio,
                             mel_filterbank, num_frames, rms_envelope, synthesize_speech)
 from moda_hub.errors import (AudioDecodeError, InputTooLongError, InvalidParameterError,
                              TextToSpeechError)
-from moda_hub.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
+from moda_hub.speech.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
 
 SR = 16000
 
@@ -432,7 +432,7 @@ def test_same_text_gives_identical_samples_whatever_was_spoken_before():
 
 def test_breathy_variants_give_the_same_samples_in_every_process():
     # f3 and whisper mix in noise; libespeak-ng 1.52 seeds its noise from the clock unless told
-    code = ("import hashlib, sys; from moda_hub.espeak import speak\n"
+    code = ("import hashlib, sys; from moda_hub.speech.espeak import speak\n"
             "for v in ('en-us+f3', 'en-us+whisper'):\n"
             "    print(hashlib.sha1(speak('Breathe in, breathe out.', voice=v).samples).hexdigest())")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

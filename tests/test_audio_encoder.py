@@ -34,7 +34,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def speech():
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     return synthesize_speech(LONG_TEXT)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from moda_hub.evaluation import (evaluate, lipsync_scores, movement_depth, pearson, pearson_best_lag,
                                  smooth_nan)
-from moda_hub.phones import (PHONE_STREAM_COLUMNS, PHONES, VISEME_CLASSES, VISEME_OPENING, align_phones,
+from moda_hub.speech.phones import (PHONE_STREAM_COLUMNS, PHONES, VISEME_CLASSES, VISEME_OPENING, align_phones,
                              phone_opening, phone_opening_curve, phone_stream, phone_viseme_features,
                              recognize_phones)
 
@@ -16,7 +16,7 @@ SENTENCE = "Maybe baby Bob will open a map of the park tomorrow morning."
 
 @pytest.fixture(scope="module")
 def speech():
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
 
     return synthesize_speech(SENTENCE, voice="en-us", rate=150)       # (N,) float32, 16 kHz
 

@@ -198,7 +198,7 @@ def test_no_shell_anywhere_and_commands_are_argument_lists():
 
 
 def test_text_with_shell_syntax_is_only_spoken(tmp_path):
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     from moda_hub.errors import TextToSpeechError
 
     marker = tmp_path / "pwned"

@@ -156,7 +156,7 @@ def test_no_seams_at_stage1_window_borders(pipe, long_clip):
 
 
 def test_no_seams_at_audio_encoder_window_borders(pipe, long_clip):
-    """Whisper hears 10 s windows, 2 s cross-fades (moda_hub.speech_states): where one window hands
+    """Whisper hears 10 s windows, 2 s cross-fades (moda_hub.speech.speech_states): where one window hands
     over to the next, the landmarks take no step beyond what the same clip made in one encoder
     window (and one stage-1 window) takes."""
     from moda_hub import speech_states
@@ -164,7 +164,7 @@ def test_no_seams_at_audio_encoder_window_borders(pipe, long_clip):
     assert pipe.moda.config.features == "whisper-tiny"
     streamed = long_clip["streamed"]
     T = len(streamed)
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
 
     n_states = (len(synthesize_speech(LONG_TEXT)) // 160 + 1) // 2
     overlap = int(round(speech_states.OVERLAP_SECONDS * speech_states.STATE_RATE))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from moda_hub.data import motion
-from moda_hub.data.deform import BLINK_L, BLINK_R, P_ALL, FaceRig
+from moda_hub.face.rig import BLINK_L, BLINK_R, P_ALL, FaceRig
 from moda_hub.data.synthetic import CorpusConfig, build_corpus, load_utterances, voices
 from moda_hub.data.visemes import MOUTH_PARAMS, viseme_curves
-from moda_hub.espeak import speak
+from moda_hub.speech.espeak import speak
 from moda_hub.face import topology as topo
 from moda_hub.face.template import canonical_template
 

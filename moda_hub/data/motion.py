@@ -2,7 +2,7 @@
 
 All functions are driven by an explicit ``numpy.random.Generator`` (deterministic for a
 seed) and return per-frame tracks at ``fps`` (frame ``k`` at ``(k + 0.5) / fps`` seconds, the audio
-front-end's frame centres, see :func:`moda_hub.audio.frame_times`):
+front-end's frame centres, see :func:`moda_hub.speech.audio.frame_times`):
 
 - :func:`blink_events` / :func:`blink_track`: a renewal process of blinks (gamma
   intervals, about 15-20 per minute, 100-400 ms each) that prefers pauses in speech;

@@ -119,7 +119,7 @@ def subject_bank(num_subjects: int = 400, seed: int = 0, val_fraction: float = 0
     Returns:
         meshes (S, 478, 3) float32, names (S,) str, split (S,) str "train" | "val".
     """
-    from moda_hub.data.deform import JAW, P_ALL, PRESS, SPREAD, FaceRig
+    from moda_hub.face.rig import JAW, P_ALL, PRESS, SPREAD, FaceRig
     from moda_hub.face.template import canonical_template
 
     rng = np.random.default_rng([seed, 7])

@@ -2,7 +2,7 @@
 
 Speech in, 50 Hz hidden states out — a speaker-robust front end trained on 680 k hours of real
 voices in ~100 languages, which stage 1 hears instead of log-mel + pocketsphinx phones
-(``moda_hub.features``, kind ``"whisper-tiny"``).
+(``moda_hub.speech.features``, kind ``"whisper-tiny"``).
 
 The network is Whisper's encoder (conv front end, sinusoidal positions, 4 pre-norm transformer
 layers, 384 wide) in plain torch with transformers' ``WhisperEncoder`` parameter names (its
@@ -44,7 +44,7 @@ MAX_WINDOW_SECONDS = 30.0
 
 def mel_filters(n_mels: int = 80) -> np.ndarray:
     """(n_mels, N_FFT // 2 + 1) float32 Slaney mel filterbank, 0-8 kHz (Whisper's / librosa's)."""
-    from ..audio import mel_filterbank
+    from ..speech.audio import mel_filterbank
 
     return mel_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, 8000.0)
 

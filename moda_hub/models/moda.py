@@ -51,9 +51,9 @@ LIP_BAND_EDGES_HZ = (20.0, 300.0, 800.0, 1500.0, 3000.0, 8000.0)
 
 def band_matrix(n_mels: int, edges_hz=LIP_BAND_EDGES_HZ, fmin: float = 20.0, fmax: float = 8000.0) -> torch.Tensor:
     """(n_mels, len(edges_hz) - 1) averaging matrix: column b is the mean of the log-mel bins
-    (``moda_hub.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
+    (``moda_hub.speech.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
     frequency lies in ``[edges_hz[b], edges_hz[b + 1])``."""
-    from ..audio import _hz_to_mel, _mel_to_hz
+    from ..speech.audio import _hz_to_mel, _mel_to_hz
 
     centres = _mel_to_hz(np.linspace(float(_hz_to_mel(fmin)), float(_hz_to_mel(fmax)), n_mels + 2))[1:-1]
     m = np.zeros((n_mels, len(edges_hz) - 1), np.float32)
@@ -206,7 +206,7 @@ class ModaModel(ModelMixin, ConfigMixin):
 
     Args:
         features (str, default "logmel+phones"): the input features the model was trained on
-            (``moda_hub.features.speech_features`` kind).
+            (``moda_hub.speech.features.speech_features`` kind).
         audio_dim (int, default 93): feature columns per frame.
         cond_dim (int, default 1434): the subject's canonical mesh, flattened (478 * 3).
         dim (int, default 128): transformer width.
@@ -233,7 +233,7 @@ class ModaModel(ModelMixin, ConfigMixin):
             :data:`LIP_BAND_EDGES_HZ` (coarse spectral shape: first formant and tilt, not the
             voice's fine timbre). ProbAttn always hears every column.
         phone_dim (int, default 13): width of the phone stream at the end of the features
-            (``moda_hub.features.PHONE_COLUMNS[features]``: 13, or 14 with the opening column).
+            (``moda_hub.speech.features.PHONE_COLUMNS[features]``: 13, or 14 with the opening column).
     """
 
     config_name = "config.json"
@@ -250,7 +250,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         if lip_input != "all" and not 0 < phone_dim < audio_dim + (lip_input == "phones"):
             raise ValueError(f"lip_input={lip_input!r} needs a phone stream: phone_dim={phone_dim} "
                              f"columns at the end of audio_dim={audio_dim} features")
-        from ..features import PHONE_COLUMNS
+        from ..speech.features import PHONE_COLUMNS
 
         if lip_input != "all" and PHONE_COLUMNS.get(features) not in (None, 0, phone_dim):
             raise ValueError(f"features={features!r} end in {PHONE_COLUMNS[features]} phone columns, "

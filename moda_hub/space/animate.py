@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from moda_hub.audio import load_audio, synthesize_speech
+from moda_hub.speech.audio import load_audio, synthesize_speech
 from moda_hub.errors import AudioDecodeError, InvalidParameterError
 from moda_hub.face.image import load_image
 from moda_hub.face.subject import MAX_IMAGE_SIDE, prepare_subject
@@ -97,7 +97,7 @@ def load_speech(audio=None, text: Optional[str] = None, *, voice: str = "en-us",
 
     Args:
         audio: a file path, ``(sample_rate, samples)`` tuple or anything
-            :func:`moda_hub.audio.load_audio` takes; None when ``text`` is given.
+            :func:`moda_hub.speech.audio.load_audio` takes; None when ``text`` is given.
         text (str, optional): spoken by espeak-ng with ``voice`` and ``speech_rate`` (words/min).
         max_seconds (float, optional): longer speech raises InputTooLongError.
 

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..features import PHONE_COLUMNS
+from ..speech.features import PHONE_COLUMNS
 from ..models.moda import ModaModel
 from .corpus import MotionCorpus
 from .runlog import RunLog

@@ -25,16 +25,16 @@ frames, yet the opening curves of the two correlate at r = 0.81 — silences, cl
 vowels come out mostly right. On the real dev clips (``../shared/eval/dev``) the phone opening
 curve correlates with the real mouth aperture at a mean best-lag r of 0.39 (audio RMS: 0.23).
 
-Time convention (the project's, see ``moda_hub.audio``): ``T = round(duration_s * fps)``
+Time convention (the project's, see ``moda_hub.speech.audio``): ``T = round(duration_s * fps)``
 video frames; frame ``k`` is shown during ``[k / fps, (k + 1) / fps)`` and its value is the
-average over that interval (as ``moda_hub.audio.rms_envelope``).
+average over that interval (as ``moda_hub.speech.audio.rms_envelope``).
 
 Speed: :func:`recognize_phones` takes about 0.055 s of CPU per second of audio (a 60 s clip:
 3.3 s CPU, 4 s wall on an idle core of the 2-core dev machine); :func:`align_phones` about
 0.05 s of CPU per second of audio plus ~0.2 s to load the dictionary.
 
 Example:
-    >>> from moda_hub.audio import load_audio                      # doctest: +SKIP
+    >>> from moda_hub.speech.audio import load_audio                      # doctest: +SKIP
     >>> wav = load_audio("speech.wav")                              # (N,) float32, 16 kHz
     >>> recognize_phones(wav)[:2]                        # [('SIL', 0.0, 0.21), ('HH', 0.21, 0.27)]
     >>> phone_opening_curve(wav, 16000, fps=25).shape               # (round(N / 16000 * 25),)
@@ -123,7 +123,7 @@ def recognize_phones(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> List[Ph
     """Phones in speech, with times, by pocketsphinx allphone decoding.
 
     Args:
-        wav: ``(N,)`` float mono samples in [-1, 1] (e.g. from ``moda_hub.audio.load_audio``).
+        wav: ``(N,)`` float mono samples in [-1, 1] (e.g. from ``moda_hub.speech.audio.load_audio``).
         sample_rate: Hz of ``wav``; anything other than 16000 is resampled to 16 kHz.
 
     Returns:
@@ -335,7 +335,7 @@ def _as_16k(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise InvalidParameterError(f"wav has shape {wav.shape} — pass mono samples (N,), e.g. "
-                                    "moda_hub.audio.load_audio(path)")
+                                    "moda_hub.speech.audio.load_audio(path)")
     if sample_rate != SAMPLE_RATE:
         from math import gcd
 

@@ -3,17 +3,17 @@
 A ``ModaModel`` records in its config which kind it was trained on (``features``), and
 the pipeline, the corpus builder and the evaluation all compute them here, so they agree.
 
-- ``"logmel"``: 80 log-mel bins, per-utterance normalised (``moda_hub.audio.audio_features``).
+- ``"logmel"``: 80 log-mel bins, per-utterance normalised (``moda_hub.speech.audio.audio_features``).
 - ``"logmel+phones"``: the 80 log-mel bins, then 13 viseme-class occupancies from
-  pocketsphinx's en-us phone recogniser (``moda_hub.phones.phone_viseme_features``) — a
+  pocketsphinx's en-us phone recogniser (``moda_hub.speech.phones.phone_viseme_features``) — a
   speaker-robust stream that closes much of the gap between espeak-ng and human voices.
 - ``"logmel+phones+opening"``: the same, then one more phone column: how open the mouth should
-  be for the recognised phone (the plain table of ``moda_hub.phones.VISEME_OPENING``,
-  unsmoothed; ``moda_hub.phones.phone_stream``), which the classes lump together.
+  be for the recognised phone (the plain table of ``moda_hub.speech.phones.VISEME_OPENING``,
+  unsmoothed; ``moda_hub.speech.phones.phone_stream``), which the classes lump together.
 
 - ``"whisper-tiny"``: the 384 hidden states of the ``audio_encoder`` component (the encoder of
   OpenAI Whisper tiny, ``moda_hub.models.audio_encoder``), computed in overlapping windows and
-  interpolated from 50 Hz to the model's frames (``moda_hub.speech_states``). Trained on real
+  interpolated from 50 Hz to the model's frames (``moda_hub.speech.speech_states``). Trained on real
   voices in ~100 languages: no pocketsphinx, no phone worker.
 
 The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
@@ -65,7 +65,7 @@ def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "
 PHONE_SEGMENT_SECONDS = 30.0
 #: ... and the first segment is at most this long, so that the start of a clip is recognised on
 #: two cores at once: the calling process takes the first, the phone worker
-#: (``moda_hub.phone_worker``) the second and every later one, ahead of need. (Measured on the
+#: (``moda_hub.speech.phone_worker``) the second and every later one, ahead of need. (Measured on the
 #: 12 dev clips, cutting 6-14 s clips in two leaves the mean lip-sync r as it was: 0.368 vs 0.367.)
 PHONE_FIRST_SEGMENT_SECONDS = 6.0
 #: ... and the second (the phone worker's first) at most this long. Stage 1's first chunk reads a
@@ -114,7 +114,7 @@ class FeatureTable:
     The log-mel stream (per-utterance normalised, cheap) is computed at once for the whole
     clip; the pocketsphinx phone stream (~6 % of the audio's duration) by
     :func:`phone_segments` segments: the first in this process when :meth:`upto` first asks for
-    its frames, every later one in the phone worker process (``moda_hub.phone_worker``), queued at
+    its frames, every later one in the phone worker process (``moda_hub.speech.phone_worker``), queued at
     once so that it runs beside stage 1 and rendering (pocketsphinx holds the GIL: a thread
     would not). A segment the worker has not started when it is needed, or that fails there, is
     recognised here instead; either way the rows are the same. Without a worker
@@ -122,7 +122,7 @@ class FeatureTable:
     up to 6 s is one segment, so its table equals ``speech_features(...)`` exactly.
 
     For the encoder kinds (``"whisper-tiny"``) the rows are the ``audio_encoder``'s states
-    (``encoder``, required), computed window by window on demand (``moda_hub.speech_states``).
+    (``encoder``, required), computed window by window on demand (``moda_hub.speech.speech_states``).
 
     Args:
         wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see FEATURE_KINDS),

@@ -8,7 +8,7 @@ its features describe the audio centred on ``frame_times(T, fps)[i] = (i + 0.5) 
 
 Example::
 
-    >>> from moda_hub.audio import load_audio, audio_features
+    >>> from moda_hub.speech.audio import load_audio, audio_features
     >>> wav = load_audio("speech.mp3")                 # (N,) float32, 16 kHz mono
     >>> feats = audio_features(wav, 16000, fps=30)     # (round(N / 16000 * 30), 80) float32
 """
@@ -385,7 +385,7 @@ def synthesize_speech(text: str, voice: str = "en-us", rate: int = 175, pitch: i
     """Speak ``text`` with espeak-ng; (N,) float32 mono at ``sample_rate`` (default 16 kHz).
 
     ``voice`` (``"en-us"``, ``"en-us+f3"``, ``"fr"`` ...), ``rate`` (words per minute, 80..450)
-    and ``pitch`` (0..100) as in :func:`moda_hub.espeak.speak`, which also gives the phoneme
+    and ``pitch`` (0..100) as in :func:`moda_hub.speech.espeak.speak`, which also gives the phoneme
     timeline (its times in seconds hold for the resampled audio too).
 
     Raises:
@@ -394,7 +394,7 @@ def synthesize_speech(text: str, voice: str = "en-us", rate: int = 175, pitch: i
             ``max_seconds``.
         InvalidParameterError: unknown voice or parameter out of range.
     """
-    from moda_hub.espeak import speak
+    from moda_hub.speech.espeak import speak
 
     res = speak(text, voice=voice, rate=rate, pitch=pitch, **speak_options)
     if max_seconds is not None and res.duration > max_seconds + 0.05:

@@ -18,9 +18,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .data.deform import BLINK_L, BLINK_R, P_ALL, FaceRig
-from .data.motion import blink_events, blink_track
-from .face.topology import EYES, LEFT_BROW, LEFT_EYE, LEFT_EYE_LOOP, LEFT_IRIS, RIGHT_EYE
+from ..face.rig import BLINK_L, BLINK_R, P_ALL, FaceRig
+from ..data.motion import blink_events, blink_track
+from ..face.topology import EYES, LEFT_BROW, LEFT_EYE, LEFT_EYE_LOOP, LEFT_IRIS, RIGHT_EYE
 
 #: positions in EYES of the subject's left-eye parts (lids, brow, iris); the rest is the right eye.
 _LEFT = np.isin(EYES, np.concatenate([LEFT_EYE, LEFT_EYE_LOOP, LEFT_BROW, LEFT_IRIS]))
