@@ -18,7 +18,7 @@ Measures (all on landmarks, no rendering):
    (outer-eye-corner distance = 1, so x100 is % of the inter-ocular distance).
 3. **One-to-many**: one portrait + one speech, two seeds: the mouth-aperture curves must agree
    (Pearson r >= 0.95) while the head moves differently (mean |pose difference| >= 1 degree).
-4. **Blinks per minute** on generated landmarks (eye openness + ``motion.count_blinks``).
+4. **Blinks per minute** on generated landmarks (eye openness + ``motion.blinks.count_blinks``).
 
 Lag convention: ``lag = +L`` means the prediction is *late* by ``L`` frames
 (``truth[t]`` is compared with ``pred[t + L]``).
@@ -34,6 +34,7 @@ Example:
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import math
@@ -44,13 +45,14 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 
 from moda_hub.face.topology import eye_openness, mouth_aperture
+from moda_hub.errors import ModaError
+from moda_hub.options import DEFAULT_MODEL, SAMPLE_RATE
 
 __all__ = ["EVAL_FPS", "pearson", "pearson_best_lag", "smooth_nan", "lipsync_scores",
            "real_mouth_aperture", "movement_depth", "load_pipeline", "evaluate_real_clips", "evaluate_synthetic",
            "evaluate_one_to_many", "evaluate_blinks", "evaluate", "format_table", "main"]
 
 EVAL_FPS = 25                 # frames per second of the eval clips and of generation here
-SAMPLE_RATE = 16000
 GT_CACHE_VERSION = 1          # bump when the ground-truth measure changes
 MIN_R_ONE_TO_MANY = 0.95      # same audio, two seeds: lip curves must agree this well
 MIN_POSE_DIFF_DEG = 1.0       # ... while the head moves at least this differently on average
@@ -180,17 +182,15 @@ def load_pipeline(model_dir: Optional[str]):
     """``(pipe, None)`` when ``model_dir`` holds a loadable pipeline, else ``(None, reason)``.
 
     Missing or broken weights are a skip with the reason, never a result (``from_pretrained``
-    refuses to fill in random weights)."""
+    refuses to fill in random weights; it alone decides "folder or Hub id")."""
     if not model_dir:
         return None, "no model_dir given"
-    if os.path.isdir(model_dir) and not os.path.exists(os.path.join(model_dir, "model_index.json")):
-        return None, f"no trained weights in '{model_dir}' (model_index.json missing)"
-    head = model_dir.split("/")[0]
-    if not os.path.isdir(model_dir) and (model_dir.startswith((".", "/", "~")) or os.path.isdir(head)):
-        return None, f"no trained weights: '{model_dir}' does not exist"   # a local path, not a Hub id
+    from moda_hub.pipeline import ModaPipeline      # torch + diffusers: ~5 s of import, only when a model runs
+
     try:
-        from moda_hub import ModaPipeline
         pipe = ModaPipeline.from_pretrained(model_dir)
+    except ModaError as exc:
+        return None, f"no trained weights: {exc}"
     except Exception as exc:  # noqa: BLE001 - any load failure makes the model part a skip
         return None, f"could not load '{model_dir}': {type(exc).__name__}: {exc}"
     return pipe, None
@@ -381,13 +381,13 @@ def evaluate_one_to_many(pipe, portrait, speech: str, seeds: Sequence[int] = (0,
 
 def evaluate_blinks(pipe, portrait, speech_files: Sequence[str], seed: int = 0,
                     _cache: Optional[Dict] = None) -> Dict:
-    """Blinks per minute on generated landmarks (eye openness + ``motion.count_blinks``).
+    """Blinks per minute on generated landmarks (eye openness + ``motion.blinks.count_blinks``).
 
     Returns:
         dict: ``files`` (per speech file: seconds, blinks, per_minute) and ``per_minute``
         (all blinks over all minutes). People blink about 15-20 times a minute when talking.
     """
-    from moda_hub.motion.controls import count_blinks
+    from moda_hub.motion.blinks import count_blinks
 
     rows, blinks, minutes = [], 0, 0.0
     for path in speech_files:
@@ -605,30 +605,37 @@ def _lipsync_table(real: Dict, title: str) -> list:
     return lines
 
 
-def main(argv: Optional[Iterable[str]] = None) -> Dict:
-    """Command line: ``python -m moda_hub.evaluation [--model-dir ...] [--data ...]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", default="pretrained/moda-base",
+def add_arguments(p) -> None:
+    """The evaluation's command-line options (``moda evaluate`` and ``python -m moda_hub.evaluation``)."""
+    p.add_argument("--model", "--model-dir", dest="model", default=DEFAULT_MODEL,
                    help="pipeline folder or Hub id (baselines only when it has no weights)")
-    p.add_argument("--data", default=None, help="synthetic corpus folder with a val split")
-    p.add_argument("--eval-dir", default="../shared/eval/dev", help="real eval media folder")
+    p.add_argument("--data", default=None, help="synthetic corpus folder with a val split (held-out voices)")
+    p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"), help="real eval media folder")
     p.add_argument("--out", default="outputs/eval.json", help="JSON report path")
     p.add_argument("--seeds", default="0,1", help="comma-separated generator seeds")
     p.add_argument("--cache-dir", default="outputs/eval_cache", help="ground-truth cache folder")
     p.add_argument("--max-lag", type=int, default=3, help="best-lag search range, frames")
     p.add_argument("--max-synthetic", type=int, default=None, help="at most this many val utterances")
-    p.add_argument("--val-data", default="runs/moda-base/real",
-                   help="prepared real footage: lip-sync on its validation speakers")
+    p.add_argument("--val-data", default=os.path.join("runs", "moda-base", "real"),
+                   help="prepared real footage (make train): lip-sync on its validation speakers")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    a = p.parse_args(list(argv) if argv is not None else None)
-    import torch
 
-    torch.set_num_threads(a.threads)
-    return evaluate(a.model_dir, a.data, a.eval_dir, a.out,
-                    tuple(int(s) for s in a.seeds.split(",") if s.strip()),
-                    a.cache_dir, a.max_lag, a.max_synthetic, val_data=a.val_data)
+
+def run(args) -> Dict:
+    """Run the evaluation with the options of :func:`add_arguments`."""
+    import torch                                    # ~1.3 s of import: not for `moda --help`
+
+    torch.set_num_threads(args.threads)
+    return evaluate(args.model, args.data, args.eval_dir, args.out,
+                    tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+                    args.cache_dir, args.max_lag, args.max_synthetic, val_data=args.val_data)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> Dict:
+    """Command line: ``python -m moda_hub.evaluation [--model ...] [--data ...]`` (= ``moda evaluate``)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(list(argv) if argv is not None else None))
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -240,9 +240,9 @@ def test_motion_figure_has_three_panels_and_one_line_per_variation():
 
 
 def test_the_plot_counts_blinks_as_moda_evaluate_does():
-    """One blink rule: a dip to 0.6 x the open level is no blink for ``motion.count_blinks``
+    """One blink rule: a dip to 0.6 x the open level is no blink for ``motion.blinks.count_blinks``
     (``moda evaluate``), so the Space's plot must not count it either; a dip to 0.2 x is one."""
-    from moda_hub.motion.controls import count_blinks
+    from moda_hub.motion.blinks import count_blinks
     from moda_hub.space.plots import blink_threshold
 
     openness = np.ones(60, np.float32)

@@ -884,8 +884,9 @@ def test_intact_tiny_pipeline_loads(tiny_pipeline):
 
 @needs_weights
 def test_shipped_weights_pass_every_check():
+    from moda_hub import ModaPipeline
     from moda_hub.weights import check_pipeline_folder
-    assert check_pipeline_folder(MODEL) == {"moda": "ModaModel", "composer": "FacialComposer",
+    assert check_pipeline_folder(MODEL, ModaPipeline) == {"moda": "ModaModel", "composer": "FacialComposer",
                                            "renderer": "WarpRenderer", "audio_encoder": "WhisperTinyEncoder"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moda_hub import features
+from moda_hub.speech import features
 from moda_hub.speech.audio import synthesize_speech
 from moda_hub.speech.features import FeatureTable, phone_segments, speech_features
 from moda_hub.speech.phones import phone_stream, phone_viseme_features

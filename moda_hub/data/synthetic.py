@@ -81,9 +81,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from moda_hub.options import SAMPLE_RATE
+
 FORMAT = "moda-synthetic/1"
 FPS = 30
-SAMPLE_RATE = 16000
 DENSE_EVERY = 6
 #: Arrays with one row per frame in every shard.
 FRAME_KEYS = ("features", "phones", "states", "lip", "eye", "head", "torso", "params")
@@ -207,6 +208,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     from moda_hub.data import augment as aug
     from moda_hub.data import motion
     from moda_hub.face.rig import BLINK_L, BLINK_R, BROW, GAZE_X, P_ALL
+    from moda_hub.motion.blinks import blink_track
     from moda_hub.data.visemes import P_MOUTH, ArticulationStyle, viseme_curves
     from moda_hub.face import topology as topo
 
@@ -243,7 +245,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     # a per-utterance blink rate, so that stage 1 learns the `blink_rate` control
     blinks = motion.blink_events(duration, rng, pause_spans,
                                  rate_per_min=float(rng.uniform(*cfg.blink_rate_range)))
-    params[:, [BLINK_L, BLINK_R]] = motion.blink_track(blinks, T, FPS, rng)
+    params[:, [BLINK_L, BLINK_R]] = blink_track(blinks, T, FPS, rng)
     emph = motion.emphasis_times(phonemes, rng)
     params[:, BROW] = motion.brow_track(emph, T, FPS, rng)
     params[:, GAZE_X:GAZE_X + 2] = motion.gaze_track(T, FPS, rng, blinks)

@@ -70,10 +70,10 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..face import topology as topo
+from ..options import SAMPLE_RATE
 
 FORMAT = "moda-video/1"
 FPS = 30
-SAMPLE_RATE = 16000
 VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 #: Temporal smoothing (Gaussian sigma in 30 fps frames) per part: MediaPipe's tracking jitter
@@ -219,7 +219,7 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     from ..face.landmarks import FaceTracker
     from ..face.pose import head_offset
     from ..speech.features import feature_dim, speech_features
-    from ..motion.controls import count_blinks
+    from ..motion.blinks import count_blinks
     from ..speech.phones import PHONE_STREAM_COLUMNS
     from ..render.crop import crop_texture, face_crop_box
     from ..video import iter_video_frames

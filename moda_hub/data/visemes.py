@@ -35,13 +35,13 @@ GRID videos with MediaPipe).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-MOUTH_PARAMS = ("jaw_open", "lip_round", "lip_spread", "upper_lip_raise", "lower_lip_tuck",
-                "lip_press", "lip_part")
+from moda_hub.face.rig import MOUTH_PARAMS
+
 P_MOUTH = len(MOUTH_PARAMS)
 JAW, ROUND, SPREAD, RAISE, TUCK, PRESS, PART = range(P_MOUTH)
 
@@ -399,21 +399,3 @@ def _inner_pauses(segs, is_sil, target, dom, style: ArticulationStyle,
             dom[k] = 0.05
         elif rng is not None and style.breath > 0 and rng.random() < style.breath:
             target[k] = _parted(jaw=rng.uniform(*BREATH_JAW), part=0.5)
-
-
-def phoneme_labels(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
-                   fps: float = 30.0) -> List[str]:
-    """The phoneme under each frame centre ``(k + 0.5) / fps`` ("_" in gaps), for plots
-    and checks."""
-    labels = ["_"] * num_frames
-    for ph, s, e in phonemes:
-        k0 = int(np.ceil(s * fps - 0.5 - 1e-9))
-        k1 = int(np.ceil(e * fps - 0.5 - 1e-9))
-        for k in range(max(k0, 0), min(k1, num_frames)):
-            labels[k] = ph
-    return labels
-
-
-def viseme_sequence(phonemes: Iterable[Tuple[str, float, float]]) -> List[str]:
-    """Viseme names of a timeline, in order (diphthongs give two)."""
-    return [s.viseme for s in phonemes_to_segments(list(phonemes))]

@@ -175,6 +175,12 @@ def from_canonical(canon: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return (s[..., None, None] * x + t[..., None, :]).astype(np.float32)
 
 
+def torso_to_px(torso: np.ndarray, ref_pose: np.ndarray) -> np.ndarray:
+    """Stage-1 torso motion ``(T, 2)`` x, y shifts in canonical units -> ``(T, 2)`` float32 image
+    pixels, at the portrait's scale ``ref_pose[6]`` (px per canonical unit)."""
+    return (torso * ref_pose[6]).astype(np.float32)
+
+
 def apply_head_offset(ref_pose: np.ndarray, head: np.ndarray) -> np.ndarray:
     """Stage-1 head motion relative to the portrait -> absolute per-frame poses.
 

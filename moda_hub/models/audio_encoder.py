@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-SAMPLE_RATE = 16000
+from ..options import SAMPLE_RATE
+from ..speech.audio import mel_filterbank
+
 N_FFT = 400
 HOP = 160
 #: Encoder states per second (two mel frames each: conv2 has stride 2).
@@ -44,8 +46,6 @@ MAX_WINDOW_SECONDS = 30.0
 
 def mel_filters(n_mels: int = 80) -> np.ndarray:
     """(n_mels, N_FFT // 2 + 1) float32 Slaney mel filterbank, 0-8 kHz (Whisper's / librosa's)."""
-    from ..speech.audio import mel_filterbank
-
     return mel_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, 8000.0)
 
 

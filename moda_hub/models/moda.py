@@ -41,9 +41,20 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..face.topology import EYES, LIPS
+from ..speech.audio import _hz_to_mel, _mel_to_hz
+from ..speech.kinds import PHONE_COLUMNS
 
-MOTION_PARTS = ("lip", "eye", "head", "torso")
 LIP_INPUTS = ("all", "phones", "phones+energy", "phones+bands")
+#: ProbAttn's extra condition is the blink rate (blinks per minute) divided by this.
+BLINK_RATE_SCALE = 20.0
+
+
+def blink_condition(blink_rate):
+    """The extra per-clip condition of a blink rate (blinks per minute): ``blink_rate / 20``
+    (same type as ``blink_rate``); training and inference both use it."""
+    return blink_rate / BLINK_RATE_SCALE
+
+
 #: "phones+bands": band edges (Hz) of the coarse loudness bands the lips hear besides the phones;
 #: the lowest two follow the first formant (jaw opening), the others the spectral tilt.
 LIP_BAND_EDGES_HZ = (20.0, 300.0, 800.0, 1500.0, 3000.0, 8000.0)
@@ -53,8 +64,6 @@ def band_matrix(n_mels: int, edges_hz=LIP_BAND_EDGES_HZ, fmin: float = 20.0, fma
     """(n_mels, len(edges_hz) - 1) averaging matrix: column b is the mean of the log-mel bins
     (``moda_hub.speech.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
     frequency lies in ``[edges_hz[b], edges_hz[b + 1])``."""
-    from ..speech.audio import _hz_to_mel, _mel_to_hz
-
     centres = _mel_to_hz(np.linspace(float(_hz_to_mel(fmin)), float(_hz_to_mel(fmax)), n_mels + 2))[1:-1]
     m = np.zeros((n_mels, len(edges_hz) - 1), np.float32)
     for b, (lo, hi) in enumerate(zip(edges_hz[:-1], edges_hz[1:])):
@@ -250,8 +259,6 @@ class ModaModel(ModelMixin, ConfigMixin):
         if lip_input != "all" and not 0 < phone_dim < audio_dim + (lip_input == "phones"):
             raise ValueError(f"lip_input={lip_input!r} needs a phone stream: phone_dim={phone_dim} "
                              f"columns at the end of audio_dim={audio_dim} features")
-        from ..speech.features import PHONE_COLUMNS
-
         if lip_input != "all" and PHONE_COLUMNS.get(features) not in (None, 0, phone_dim):
             raise ValueError(f"features={features!r} end in {PHONE_COLUMNS[features]} phone columns, "
                              f"not phone_dim={phone_dim} — set phone_dim={PHONE_COLUMNS[features]}")
@@ -411,7 +418,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         B, T, _ = feats.shape
         cond = cond.reshape(-1, self.config.cond_dim).expand(B, -1).to(device, dtype)
         if extra is None:
-            extra = torch.full((B, self.config.extra_cond_dim), 0.85)
+            extra = torch.full((B, self.config.extra_cond_dim), blink_condition(17.0))
         extra = extra.reshape(-1, self.config.extra_cond_dim).expand(B, -1).to(device, dtype)
         if latent is None:
             latent = self.sample_latent(T, B, generator, temperature)

@@ -47,7 +47,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..errors import InvalidParameterError
-from ..render.crop import CropBox, face_crop_box
+from ..render.crop import CropBox
 from ..render.sketch import NUM_CHANNELS as SKETCH_CHANNELS
 from ..render.sketch import draw_sketch
 from ..render.warp import frame_meshes
@@ -297,11 +297,6 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
             self._warp = WarpRenderer(output_size=int(cfg.canvas_size), crop_scale=cfg.crop_scale,
                                       crop_shift_y=cfg.crop_shift_y)
         return self._warp
-
-    def crop_box(self, landmarks_px: np.ndarray, image_hw: tuple[int, int]) -> CropBox:
-        """The canvas for a face: ``canvas_size`` square, the WarpRenderer's crop."""
-        cfg = self.config
-        return face_crop_box(landmarks_px, image_hw, cfg.canvas_size, cfg.crop_scale, cfg.crop_shift_y)
 
     def sketch(self, landmarks_canvas: np.ndarray) -> np.ndarray:
         """(478, 3) canvas pixels -> (C, S, S) float32 sketch on the network's grid."""

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moda_hub.errors import InputTooLongError, InvalidParameterError, TextToSpeechError
+from moda_hub.options import SPEECH_RATE_RANGE
 
 __all__ = [
     "LOCK",
@@ -96,7 +97,7 @@ _EE_OK = 0
 #: utterance so that equal inputs give equal samples.
 RAND_SEED = 1
 
-RATE_RANGE = (80, 450)  # words per minute, espeak-ng's accepted range
+RATE_RANGE = SPEECH_RATE_RANGE  # words per minute, espeak-ng's accepted range
 PITCH_RANGE = (0, 100)  # espeak-ng's 0..100 pitch scale (50 = voice default)
 
 

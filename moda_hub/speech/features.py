@@ -21,23 +21,18 @@ The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..options import SAMPLE_RATE
 from .audio import audio_features
+from .kinds import ENCODER_KINDS, PHONE_COLUMNS, feature_dim
+from .phone_worker import PhoneWorkerError, shared_worker
+from .phones import phone_stream
+from .speech_states import EncoderStates, default_encoder, encoder_features
 
-FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93, "logmel+phones+opening": 94, "whisper-tiny": 384}
-#: Width of the phone stream at the end of each kind (the first columns of ``phone_stream``).
-PHONE_COLUMNS = {"logmel": 0, "logmel+phones": 13, "logmel+phones+opening": 14, "whisper-tiny": 0}
-#: Kinds computed by the pipeline's ``audio_encoder`` component (not log-mel + phones).
-ENCODER_KINDS = ("whisper-tiny",)
-
-
-def feature_dim(kind: str) -> int:
-    """Columns of :func:`speech_features` for ``kind``."""
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"unknown feature kind {kind!r} — use one of {sorted(FEATURE_KINDS)}")
-    return FEATURE_KINDS[kind]
 
 
 def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
@@ -47,15 +42,12 @@ def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "
     ``encoder``: the ``audio_encoder`` component for the encoder kinds (default: moda-base's)."""
     feature_dim(kind)
     if kind in ENCODER_KINDS:
-        from .speech_states import default_encoder, encoder_features
-
         _check_rate(sample_rate)
         return encoder_features(wav, fps, encoder if encoder is not None else default_encoder(),
                                 num_frames=int(round(len(wav) / sample_rate * fps)))
     mel = audio_features(wav, sample_rate, fps=fps)
     if kind == "logmel":
         return mel
-    from .phones import phone_stream
     ph = phone_stream(wav, sample_rate, fps)[:, :PHONE_COLUMNS[kind]]
     return np.concatenate([mel, ph.astype(np.float32)], axis=1)
 
@@ -79,7 +71,7 @@ _CUT_STEP_SECONDS = 0.1          # segment borders fall on multiples of this (wh
 
 
 def _check_rate(sample_rate: int) -> None:
-    if int(sample_rate) != 16000:
+    if int(sample_rate) != SAMPLE_RATE:
         raise ValueError(f"the audio encoder hears 16 kHz speech, not {sample_rate} Hz — resample first")
 
 
@@ -125,7 +117,7 @@ class FeatureTable:
     (``encoder``, required), computed window by window on demand (``moda_hub.speech.speech_states``).
 
     Args:
-        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see FEATURE_KINDS),
+        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see ``kinds.FEATURE_KINDS``),
         encoder (the pipeline's ``audio_encoder``, for the encoder kinds).
 
     Example:
@@ -135,14 +127,10 @@ class FeatureTable:
 
     def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
                  encoder=None):
-        import torch
-
         feature_dim(kind)
         self.wav, self.sample_rate, self.fps, self.kind = wav, sample_rate, fps, kind
         self._states = None
         if kind in ENCODER_KINDS:
-            from .speech_states import EncoderStates
-
             if encoder is None:
                 raise ValueError(f"features {kind!r} need the pipeline's audio_encoder component")
             _check_rate(sample_rate)
@@ -163,7 +151,6 @@ class FeatureTable:
         self.tensor = torch.from_numpy(self._array)     # shares memory with the table
         self._futures = [None] * len(self._segments)
         if len(self._segments) > 1:
-            from .phone_worker import shared_worker
             worker = shared_worker()
             if worker is not None:
                 self._futures[1:] = [worker.submit(wav[a:b], sample_rate, fps) for a, b in self._segments[1:]]
@@ -174,8 +161,6 @@ class FeatureTable:
 
     def upto(self, stop: int):
         """The (T, F) float32 tensor with at least rows [0, stop) computed."""
-        from .phones import phone_stream
-
         stop = min(int(stop), self.num_frames)
         if self._states is not None:
             self._states.upto(stop)
@@ -200,8 +185,6 @@ class FeatureTable:
     def _worker_rows(self, k: int):
         """Segment ``k``'s phone-stream rows from the worker, or None: not sent there, taken back
         before the worker started it, or failed there."""
-        from .phone_worker import PhoneWorkerError
-
         fut, self._futures[k] = self._futures[k], None
         if fut is None or fut.cancel():
             return None
@@ -209,6 +192,25 @@ class FeatureTable:
             return fut.result()
         except PhoneWorkerError:
             return None
+
+
+@dataclass
+class PreparedSpeech:
+    """Speech made ready once for any number of calls of one pipeline (e.g. the Space's variations).
+
+    wav: (N,) float32 mono at 16 kHz (what the video carries).
+    features: the :class:`FeatureTable` of ``wav`` at the model's frame rate and feature kind
+    (rows computed on demand and kept, so later calls reuse them).
+    """
+    wav: np.ndarray
+    features: FeatureTable
+
+
+def start_helpers(kind: str) -> None:
+    """Start what computing ``kind`` needs beside the pipeline (the phone worker for the phone
+    kinds), so that it is ready by the first call."""
+    if "phones" in kind:
+        shared_worker()
 
 
 def _cancel(futures) -> None:
