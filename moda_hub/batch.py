@@ -10,7 +10,8 @@ process then works on the CPU (``PartialState(cpu=True)``, gloo backend). ``acce
 there needs an MPI hostfile), so it is not a way to use two processes.
 
 Manifest (CSV with a header row, UTF-8 or UTF-16 with a BOM, comma- or tab-separated; empty
-cells take the default; a cell longer than :data:`MAX_CELL_CHARS` makes its row fail, naming the
+cells take the option's default, and every option's range is the pipeline's (both in
+:mod:`moda_hub.options`); a cell longer than :data:`MAX_CELL_CHARS` makes its row fail, naming the
 row and the column; a file that is not text fails at once, naming the line):
 
 ==================  ===========================================================================
@@ -18,19 +19,18 @@ column              meaning
 ==================  ===========================================================================
 image (required)    portrait file; relative paths are relative to the manifest's folder
 audio | text        speech file, or text spoken by espeak-ng (exactly one per row)
-seed                generator seed (default 0)
-fps                 25 or 30 (24, 50, 60 also work; default 30)
-size                256 or 512 face crop, 0 = full image pasted back (default: the full image up
-                    to 1 megapixel, else the renderer's 512 crop)
-still               1/true/yes: head and torso still (default false)
-blink_rate          blinks per minute (default 17)
-head_motion_scale   head and torso motion amplitude (default 1)
-mouth_scale         lip motion amplitude (default 1)
-temperature         latent scale, 0 = mean motion (default 1)
-voice               espeak-ng voice for ``text`` (default en-us)
-speech_rate         words per minute for ``text`` (default 165)
-face_index          which face, left to right (default: the largest)
-expression_scale    how much of the portrait's own expression is kept: 1 as photographed (default),
+seed                generator seed
+fps                 25 or 30 (24, 50, 60 also work)
+size                256 or 512 face crop, 0 = full image pasted back
+still               1/true/yes: head and torso still
+blink_rate          blinks per minute
+head_motion_scale   head and torso motion amplitude
+mouth_scale         lip motion amplitude
+temperature         latent scale, 0 = mean motion
+voice               espeak-ng voice for ``text``
+speech_rate         words per minute for ``text``
+face_index          which face, left to right
+expression_scale    how much of the portrait's own expression is kept: 1 as photographed,
                     0 a neutral mouth and brows, up to 1.5
 ==================  ===========================================================================
 
@@ -77,6 +77,7 @@ from typing import Callable, Dict, List, Optional
 from .errors import InvalidParameterError, ModaError, OutputPathError
 from .options import DEFAULT_MODEL, OPTIONS, SEED_RANGE, check_speech_source
 from .output_paths import check_output_dir
+from .pipeline import ModaPipeline
 
 MANIFEST_COLUMNS = ("image", "audio", "text", "seed", "fps", "size", "still", "blink_rate",
                     "head_motion_scale", "mouth_scale", "temperature", "voice", "speech_rate",
@@ -338,7 +339,6 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, model: Op
     generated, failed = 0, 0
     with state.split_between_processes(pending) as mine:
         if mine and pipe is None:
-            from .pipeline import ModaPipeline
             pipe = ModaPipeline.from_pretrained(model)
             if state.device.type != "cpu":
                 pipe = pipe.to(state.device)

@@ -11,9 +11,14 @@ import argparse
 import os
 import sys
 
+from .batch import run_batch
+from .errors import InvalidParameterError, ModaError
 from .evaluation import add_arguments as add_evaluate_arguments
 from .evaluation import run as run_evaluation
+from .native_logs import filter_native_stderr
 from .options import DEFAULT_MODEL, OPTIONS, GenerateOptions
+from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
+from .pipeline import ModaPipeline
 
 DEFAULTS = GenerateOptions()
 
@@ -56,9 +61,6 @@ def _generate(args):
     import torch
     from tqdm.auto import tqdm
 
-    from .errors import InvalidParameterError
-    from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
-    from .pipeline import ModaPipeline
 
     # cheap checks first: a bad seed, rate or output path fails before the weights load
     lo, hi = OPTIONS["seed"].range
@@ -114,11 +116,13 @@ def _add_prepare(sub):
 
 
 def _prepare(args):
+    # corpus and training code is loaded only by these commands: `moda generate` runs without it
+    from .data.synthetic import build_corpus
+    from .data.video_dataset import list_videos, prepare_videos
+
     if args.what == "synthetic":
-        from .data.synthetic import build_corpus
         build_corpus(args.out, hours=args.hours, seed=args.seed, workers=args.workers)
     elif args.what == "video":
-        from .data.video_dataset import list_videos, prepare_videos
         fraction = args.val_fraction
         if args.val_count is not None:
             fraction = args.val_count / max(1, len(list_videos(args.inputs)))
@@ -159,8 +163,8 @@ def _add_train(sub):
 
 
 def _train(args):
-    from .errors import InvalidParameterError
     from .training import train_stage
+
     if args.threads is not None and args.threads < 1:
         raise InvalidParameterError(f"--threads {args.threads} — use 1 or more torch threads")
     options = {"threads": args.threads}
@@ -204,7 +208,6 @@ def _add_batch(sub):
 
 
 def _batch(args):
-    from .batch import run_batch
     run_batch(args.manifest, args.out, model=args.model)
 
 
@@ -228,13 +231,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
     if not args.verbose:   # stderr holds our progress and error lines, not library chatter
-        from .native_logs import filter_native_stderr
         filter_native_stderr()
     if not (args.debug or args.verbose):
         from diffusers.utils import logging as diffusers_logging
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
-    from .errors import ModaError
     try:
         COMMANDS[args.command][1](args)
     except ModaError as err:

@@ -44,9 +44,16 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from moda_hub.face.topology import eye_openness, mouth_aperture
 from moda_hub.errors import ModaError
+from moda_hub.face.landmarks import FaceTracker
+from moda_hub.face.topology import eye_openness, mouth_aperture
+from moda_hub.motion.blinks import count_blinks
 from moda_hub.options import DEFAULT_MODEL, SAMPLE_RATE
+from moda_hub.pipeline import ModaPipeline
+from moda_hub.speech.audio import load_audio, rms_envelope
+from moda_hub.speech.features import ENCODER_KINDS, PHONE_COLUMNS
+from moda_hub.speech.phones import phone_opening_curve, recognize_phones
+from moda_hub.video import iter_video_frames, read_video_info
 
 __all__ = ["EVAL_FPS", "pearson", "pearson_best_lag", "smooth_nan", "lipsync_scores",
            "real_mouth_aperture", "movement_depth", "load_pipeline", "evaluate_real_clips", "evaluate_synthetic",
@@ -153,8 +160,6 @@ def real_mouth_aperture(clip_path: str, cache_dir: Optional[str] = "outputs/eval
                         return z["aperture"].astype(np.float64), z["first_frame"]
             except (OSError, KeyError, ValueError):
                 pass                                              # stale or broken: recompute
-    from moda_hub.face.landmarks import FaceTracker
-    from moda_hub.video import iter_video_frames, read_video_info
 
     fps = read_video_info(clip_path)["fps"]
     resample = None if fps and abs(fps - EVAL_FPS) < 1e-3 else EVAL_FPS
@@ -185,8 +190,6 @@ def load_pipeline(model_dir: Optional[str]):
     refuses to fill in random weights; it alone decides "folder or Hub id")."""
     if not model_dir:
         return None, "no model_dir given"
-    from moda_hub.pipeline import ModaPipeline      # torch + diffusers: ~5 s of import, only when a model runs
-
     try:
         pipe = ModaPipeline.from_pretrained(model_dir)
     except ModaError as exc:
@@ -228,8 +231,6 @@ def evaluate_real_clips(eval_dir: str, pipe=None, cache_dir: Optional[str] = "ou
         method, means over clips), ``model_beats_both`` (clips where the model's best-lag r
         beats both baselines'), ``phones_rtf`` (phone recognition wall time / audio time).
     """
-    from moda_hub.speech.audio import load_audio, rms_envelope
-    from moda_hub.speech.phones import phone_opening_curve, recognize_phones
 
     paths = list(clips) if clips is not None else sorted(glob.glob(os.path.join(eval_dir, "clips", "*.mp4")))
     if not paths:
@@ -306,8 +307,8 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     """
     import torch
 
+    # corpus code stays out of `moda generate` (the cli imports this module)
     from moda_hub.data.synthetic import load_utterances
-    from moda_hub.speech.features import ENCODER_KINDS, PHONE_COLUMNS
 
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     fps, model = manifest.get("fps"), pipe.moda
@@ -387,7 +388,6 @@ def evaluate_blinks(pipe, portrait, speech_files: Sequence[str], seed: int = 0,
         dict: ``files`` (per speech file: seconds, blinks, per_minute) and ``per_minute``
         (all blinks over all minutes). People blink about 15-20 times a minute when talking.
     """
-    from moda_hub.motion.blinks import count_blinks
 
     rows, blinks, minutes = [], 0, 0.0
     for path in speech_files:
@@ -423,7 +423,7 @@ def evaluate_val_speakers(prepared_dir: str, pipe=None, cache_dir: Optional[str]
         prepared_dir: the prepared video dataset (``moda prepare video``) whose ``val`` split
             names the clips (their source files must still exist).
     """
-    from moda_hub.data.train_footage import val_clips_by_speaker
+    from moda_hub.data.train_footage import val_clips_by_speaker   # (corpus code, as above)
 
     if not os.path.exists(os.path.join(prepared_dir, "manifest.json")):
         return {"skipped": f"no prepared footage at '{prepared_dir}'"}

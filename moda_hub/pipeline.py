@@ -269,8 +269,8 @@ class ModaPipeline(DiffusionPipeline):
                 head_motion_scale: float = DEFAULTS.head_motion_scale, blink_rate: float = DEFAULTS.blink_rate,
                 still: bool = DEFAULTS.still, fps: int = DEFAULTS.fps, face_index: Optional[int] = DEFAULTS.face_index,
                 expression_scale: float = DEFAULTS.expression_scale,
-                max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS, callback: Optional[Callable[[str, float], None]] = None
-                ) -> _Session:
+                max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
+                callback: Optional[Callable[[str, float], None]] = None) -> _Session:
         """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`.
 
         ``image`` may be a prepared :class:`~moda_hub.face.subject.Subject` (from

@@ -27,6 +27,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import lfilter
 
 from moda_hub.data.visemes import phonemes_to_segments
+from moda_hub.face.pose import euler_to_matrix
 from moda_hub.motion.blinks import blink_events as renewal_blinks
 
 Timeline = Sequence[Tuple[str, float, float]]
@@ -174,7 +175,6 @@ def head_track(num_frames: int, fps: float, rng: np.random.Generator,
     Rotations turn the head about :data:`NECK_PIVOT`, so they also translate the face;
     ``d_log_scale`` follows ``d_tz`` (nearer = larger) at :data:`CAMERA_DISTANCE`.
     """
-    from moda_hub.face.pose import euler_to_matrix
 
     if activity is None:
         activity = np.ones(num_frames)

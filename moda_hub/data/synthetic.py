@@ -81,7 +81,21 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from moda_hub.data import augment as aug
+from moda_hub.data import motion
+from moda_hub.data.augment import config_dict
+from moda_hub.data.sentences import generate_sentences
+from moda_hub.data.subjects import subject_bank
+from moda_hub.data.visemes import P_MOUTH, ArticulationStyle, viseme_curves
+from moda_hub.errors import InvalidParameterError, ModaError, OutputPathError
+from moda_hub.face import topology as topo
+from moda_hub.face.rig import BLINK_L, BLINK_R, BROW, GAZE_X, PARAMS, P_ALL, FaceRig
+from moda_hub.motion.blinks import blink_track
 from moda_hub.options import SAMPLE_RATE
+from moda_hub.speech.audio import audio_features, frame_times, num_frames
+from moda_hub.speech.espeak import speak
+from moda_hub.speech.phones import phone_stream
+from moda_hub.speech.speech_states import default_encoder, encoder_features
 
 FORMAT = "moda-synthetic/1"
 FPS = 30
@@ -137,8 +151,6 @@ class _Context:
 
     def __init__(self, seed: int, cfg: CorpusConfig, subjects: np.ndarray,
                  subject_split: np.ndarray):
-        from moda_hub.data.sentences import generate_sentences
-
         self.seed, self.cfg = seed, cfg
         sents = generate_sentences(cfg.num_sentences, seed)
         n_val = max(1, int(round(cfg.val_sentence_fraction * len(sents))))
@@ -151,8 +163,6 @@ class _Context:
         self._rigs: Dict[int, object] = {}
 
     def rig(self, sid: int):
-        from moda_hub.face.rig import FaceRig
-
         if sid not in self._rigs:
             if len(self._rigs) > 256:
                 self._rigs.clear()
@@ -163,7 +173,6 @@ class _Context:
 def _speak_utterance(ctx: _Context, rng: np.random.Generator, split: str):
     """espeak-ng speech of 1-6 sentences joined by pauses. Returns samples (float32,
     espeak rate), sample rate, phoneme timeline [(ph, s, e)], text, voice settings."""
-    from moda_hub.speech.espeak import speak
 
     cfg = ctx.cfg
     voice = str(rng.choice(ctx.voices[split]))
@@ -202,15 +211,6 @@ def _speak_utterance(ctx: _Context, rng: np.random.Generator, split: str):
 def make_utterance(ctx: _Context, index: int) -> dict:
     """Build utterance ``index`` (deterministic in ``(seed, index)``): a dict of arrays
     (see the module docstring) plus its manifest record under ``"meta"``."""
-    from moda_hub.speech.audio import audio_features, frame_times, num_frames
-    from moda_hub.speech.phones import phone_stream
-    from moda_hub.speech.speech_states import default_encoder, encoder_features
-    from moda_hub.data import augment as aug
-    from moda_hub.data import motion
-    from moda_hub.face.rig import BLINK_L, BLINK_R, BROW, GAZE_X, P_ALL
-    from moda_hub.motion.blinks import blink_track
-    from moda_hub.data.visemes import P_MOUTH, ArticulationStyle, viseme_curves
-    from moda_hub.face import topology as topo
 
     cfg = ctx.cfg
     rng = np.random.default_rng([ctx.seed, 1, index])
@@ -370,10 +370,6 @@ def build_corpus(out_dir, hours: float = 2.5, seed: int = 0, workers: int = 2,
         >>> m = build_corpus("/tmp/corpus", hours=0.05, seed=0, workers=2)
         >>> m["hours"], len(m["utterances"])
     """
-    from moda_hub.data.augment import config_dict
-    from moda_hub.face.rig import PARAMS
-    from moda_hub.data.subjects import subject_bank
-    from moda_hub.errors import InvalidParameterError, OutputPathError
 
     if not (hours > 0 and math.isfinite(hours)):
         raise InvalidParameterError(f"hours must be a positive number, got {hours!r}")
@@ -550,7 +546,6 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=CorpusConfig.num_subjects,
                     help=f"subject meshes (default {CorpusConfig.num_subjects})")
     args = ap.parse_args(argv)
-    from moda_hub.errors import ModaError
 
     try:
         build_corpus(args.out, args.hours, args.seed, args.workers,

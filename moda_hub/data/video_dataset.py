@@ -68,9 +68,18 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InvalidParameterError
+from ..errors import AudioDecodeError, InvalidParameterError
 from ..face import topology as topo
+from ..face.landmarks import FaceTracker
+from ..face.pose import estimate_pose, from_canonical, head_offset, to_canonical
+from ..motion.blinks import count_blinks
 from ..options import SAMPLE_RATE
+from ..render.crop import crop_texture, face_crop_box
+from ..speech.audio import load_audio
+from ..speech.features import feature_dim, speech_features
+from ..speech.phones import PHONE_STREAM_COLUMNS
+from ..speech.speech_states import default_encoder, encoder_features
+from ..video import iter_video_frames, read_video_info
 
 FORMAT = "moda-video/1"
 FPS = 30
@@ -136,7 +145,6 @@ def smooth_landmarks(landmarks_px: np.ndarray, smoothing: Dict[str, float] = SMO
     Returns:
         (landmarks (T, 478, 3) float32 px, pose (T, 7) float32, canonical (T, 478, 3) float32).
     """
-    from ..face.pose import estimate_pose, from_canonical, to_canonical
 
     lm = np.asarray(landmarks_px, np.float64)
     pose = estimate_pose(lm).astype(np.float64)
@@ -214,15 +222,6 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     its record (see the module docstring). Raises only when the video cannot be read at all."""
     import cv2
 
-    from ..speech.audio import load_audio
-    from ..errors import AudioDecodeError
-    from ..face.landmarks import FaceTracker
-    from ..face.pose import head_offset
-    from ..speech.features import feature_dim, speech_features
-    from ..motion.blinks import count_blinks
-    from ..speech.phones import PHONE_STREAM_COLUMNS
-    from ..render.crop import crop_texture, face_crop_box
-    from ..video import iter_video_frames
 
     # 1-2. frames at 30 fps, tracked; faceless frames are None
     landmarks, grays, frames = [], [], []
@@ -381,7 +380,6 @@ def prepare_videos(inputs, out_dir: str, crop_size: int = 256, val_fraction: flo
         todo.append((p, n))
     if len(todo) < len(paths):
         say(f"prepare: {len(paths) - len(todo)} of {len(paths)} videos already done in {out_dir}, resuming")
-    from ..video import read_video_info
 
     total = 0
     for p, _ in todo:
@@ -471,7 +469,6 @@ def add_encoder_states(data_dir: str, encoder=None) -> int:
     stored frame) to the shards of a prepared dataset that lack them; returns how many shards
     were written. The states are computed over the whole audio, as at inference, then indexed by
     ``frame_index``."""
-    from ..speech.speech_states import default_encoder, encoder_features
 
     encoder = encoder if encoder is not None else default_encoder()
     written = 0

@@ -31,6 +31,7 @@ eye corners and temples - points that move with the skull, not with lips, jaw or
 from __future__ import annotations
 
 import numpy as np
+from moda_hub.face.template import canonical_template
 
 # Landmarks that follow the skull: forehead, nose bridge/tip, eye corners, temples and
 # the face oval at ear level. Not lips, jaw, cheeks, eyelids or brows.
@@ -126,7 +127,6 @@ def estimate_pose(landmarks_px: np.ndarray, template: np.ndarray | None = None) 
         [0.0, 0.0, 0.0, 256.0, 256.0, 0.0, 100.0]
     """
     if template is None:
-        from moda_hub.face.template import canonical_template
         template = canonical_template()
     lm = np.asarray(landmarks_px, np.float64)
     s, rot, t = umeyama(np.asarray(template, np.float64)[POSE_POINTS], lm[..., POSE_POINTS, :])

@@ -24,8 +24,6 @@ front end: 25 ms Hann window, 10 ms hop, Slaney mel 0-8 kHz, log10, floor at max
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn as nn

@@ -50,7 +50,8 @@ from ..errors import InvalidParameterError
 from ..render.crop import CropBox
 from ..render.sketch import NUM_CHANNELS as SKETCH_CHANNELS
 from ..render.sketch import draw_sketch
-from ..render.warp import frame_meshes
+from ..render.warp import WarpRenderer, frame_meshes
+from ..weights import load_component
 
 
 # ----------------------------------------------------------------------------- image helpers
@@ -291,7 +292,6 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
     def warp_renderer(self):
         """The WarpRenderer that makes the first guess (same crop as this renderer's canvas)."""
         if self._warp is None:
-            from ..render.warp import WarpRenderer
 
             cfg = self.config
             self._warp = WarpRenderer(output_size=int(cfg.canvas_size), crop_scale=cfg.crop_scale,
@@ -401,6 +401,5 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
         """Load a trained renderer folder (config.json + safetensors) with the checks of
         :mod:`moda_hub.weights`: safetensors only, every tensor present with its shape, all finite;
         any problem raises ``WeightsError`` naming the file (``subfolder`` is supported)."""
-        from ..weights import load_component
 
         return load_component(cls, super().from_pretrained, pretrained_model_name_or_path, **kwargs)

@@ -2,7 +2,8 @@
 
 The speech is decoded (or spoken by espeak-ng) and its features computed once, and the face
 found once (:meth:`ModaPipeline.prepare_speech`, :func:`prepare_subject`); each variation then
-runs :meth:`ModaPipeline.stream` on them with its own seed, which writes the MP4 chunk by chunk; for the first variation the same chunks also go into a side-by-side "frame | mesh"
+runs :meth:`ModaPipeline.stream` on them with its own seed, which writes the MP4 chunk by chunk;
+for the first variation the same chunks also go into a side-by-side "frame | mesh"
 MP4. No more than one chunk of frames is held in memory.
 
 Example:

@@ -12,6 +12,7 @@ import numpy as np
 from moda_hub.face.topology import eye_openness, mouth_aperture
 from moda_hub.motion.blinks import BLINK_CLOSED_RATIO, count_blinks
 from moda_hub.options import SAMPLE_RATE
+from moda_hub.speech.audio import rms_envelope
 
 _COLOURS = ["#4c6ef5", "#e8590c", "#2f9e44", "#ae3ec9"]
 
@@ -43,7 +44,6 @@ def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample
     fig.suptitle("Motion over time: mouth aperture, blinks and head pose", fontsize=11)
     ax_mouth, ax_eye, ax_head = fig.subplots(3, 1, sharex=True)
     if wav is not None and len(variations):
-        from moda_hub.speech.audio import rms_envelope
 
         fps = variations[0].fps
         env = rms_envelope(np.asarray(wav, np.float32), sample_rate, fps)

@@ -22,6 +22,7 @@ import numpy as np
 
 from moda_hub.errors import AudioDecodeError, InputTooLongError, InvalidParameterError
 from moda_hub.options import SAMPLE_RATE, GenerateOptions
+from moda_hub.speech.espeak import speak
 from moda_hub.speech.resample import resample
 from moda_hub.video import _ProbeError, decode_audio, probe_media
 
@@ -141,7 +142,6 @@ def _from_array(arr, input_rate, sample_rate: int, max_seconds: float | None) ->
 
 
 def _from_file(path: str, sample_rate: int, max_seconds: float | None, name: str) -> np.ndarray:
-
     if not os.path.exists(path):
         raise AudioDecodeError(f"audio file {name!r} does not exist — check the path")
     if os.path.isdir(path):
@@ -389,7 +389,6 @@ def synthesize_speech(text: str, voice: str = DEFAULTS.voice, rate: int = DEFAUL
             ``max_seconds``.
         InvalidParameterError: unknown voice or parameter out of range.
     """
-    from moda_hub.speech.espeak import speak
 
     res = speak(text, voice=voice, rate=rate, pitch=pitch, **speak_options)
     if max_seconds is not None and res.duration > max_seconds + 0.05:
