@@ -41,6 +41,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..face.topology import EYES, LIPS
+from ..options import OPTIONS
 from ..speech.audio import _hz_to_mel, _mel_to_hz
 from ..speech.kinds import PHONE_COLUMNS
 
@@ -400,7 +401,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         """Motion for a clip of any length, in physical units.
 
         audio_features (T, F) or (B, T, F); cond (1434,) or (B, 1434) canonical units;
-        extra (E,) or (B, E) per-clip controls (default: blink rate 17/min -> 0.85).
+        extra (E,) or (B, E) per-clip controls (default: :func:`blink_condition` of the default blink rate).
         latent: a grid from :meth:`sample_latent` for the whole clip (drawn here if None).
         frame_range (start, stop): compute only these frames (for streaming); the windows are
         the same as for the whole clip, so a chunk equals the same frames of a full call.
@@ -418,7 +419,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         B, T, _ = feats.shape
         cond = cond.reshape(-1, self.config.cond_dim).expand(B, -1).to(device, dtype)
         if extra is None:
-            extra = torch.full((B, self.config.extra_cond_dim), blink_condition(17.0))
+            extra = torch.full((B, self.config.extra_cond_dim), blink_condition(OPTIONS["blink_rate"].default))
         extra = extra.reshape(-1, self.config.extra_cond_dim).expand(B, -1).to(device, dtype)
         if latent is None:
             latent = self.sample_latent(T, B, generator, temperature)
