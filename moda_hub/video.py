@@ -29,6 +29,7 @@ Example::
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import shutil
@@ -405,30 +406,70 @@ def _cleanup(state: dict) -> None:
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
         state["tmpdir"] = None
+    if state.pop("big", False):
+        state.pop("yuv", None)
+        _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the operating system (glibc's ``malloc_trim``; nothing
+    where there is no glibc). After a video of big frames, glibc would otherwise keep the
+    encoder's and the frames' freed buffers (~150-250 MB for a 12-MP photo) for the process: a
+    server's memory would stay at its peak after the request."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 #: Frames above this many pixels (a little over 1920 x 1080: full-image output of a large photo)
-#: are encoded with x264's lookahead and B-frames off and two frame threads. x264 holds every
-#: frame in flight at full size (lookahead, B-frame queue, one per thread, each with its
-#: interpolated planes): a 12-MP frame stream took 1378 MB in the encoder with the defaults
-#: against 582 MB so (25 frames of 4000 x 3000, 2 cores; encode time 3.4 -> 3.9 s). Smaller
-#: frames (every face crop) are encoded exactly as before.
+#: are encoded with x264's lookahead and B-frames off on two *slice* threads. x264 holds every
+#: frame in flight at full size (lookahead, B-frame queue, one per frame thread, each with its
+#: interpolated planes): a 12-MP frame stream took 1378 MB in the encoder with the defaults,
+#: 582 MB with lookahead and B-frames off on two frame threads, and ~300 MB on two slice threads
+#: (one frame in flight; 30 frames of a 4000 x 3000 photo with a moving face, 2 cores: CPU
+#: 3.3-3.7 s -> 2.9 s, same wall time, file size +0.4 %). Smaller frames (every face crop) are
+#: encoded exactly as before.
 BIG_FRAME_PIXELS = 2_100_000
 
 
-def _encode_frames(state: dict, arr: np.ndarray, path: str) -> None:
+def _encode_frames(state: dict, arr: np.ndarray, path: str, origin: tuple[int, int] | None = None,
+                   repeat: int = 0) -> None:
     """Encode (t, H, W, 3) uint8 RGB frames (even H, W) and, alongside, the audio they cover.
 
     RGB -> planar yuv420p with OpenCV (BT.601 limited range, chroma averaged over 2x2 pixels:
-    what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process."""
+    what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process.
+    ``state["yuv"]`` ((H * 3 / 2, W) uint8, I420 planes) keeps the last frame encoded.
+    ``origin`` (x0, y0), even: ``arr`` holds only that region of each frame (even size); the rest
+    is what ``state["yuv"]`` holds (the background, set by :meth:`Mp4Writer.write_region`): only
+    the region is converted, into its place in the planes — the same planes as converting the
+    whole frame, since yuv420p's chroma never crosses a 2 x 2 block. ``repeat``: encode the last
+    frame this many times more (``arr`` empty)."""
     if state.get("dead") or state.get("container") is None:
         raise OutputPathError(f"the encoder for {path!r} was stopped")
     vstream = state["video"]
     t, h, w = arr.shape[:3]
-    yuv = np.empty((h * 3 // 2, w), np.uint8)
+    yuv = target = state.get("yuv")
+    if t and origin is None and (yuv is None or yuv.shape != (h * 3 // 2, w)):
+        yuv = target = state["yuv"] = np.empty((h * 3 // 2, w), np.uint8)
+    elif t and origin is not None:
+        target = np.empty((h * 3 // 2, w), np.uint8)
     try:
-        for k in range(t):
-            cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+        for k in range(t + repeat):
+            if k < t:
+                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=target)
+                if origin is not None:
+                    for whole, part in zip(_planes(yuv), _planes(target)):
+                        f = yuv.shape[1] // whole.shape[1]         # 1 for luma, 2 for chroma
+                        x0, y0 = origin[0] // f, origin[1] // f
+                        whole[y0:y0 + part.shape[0], x0:x0 + part.shape[1]] = part
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = state["frames"]
             state["frames"] += 1
@@ -438,6 +479,16 @@ def _encode_frames(state: dict, arr: np.ndarray, path: str) -> None:
     except (av.FFmpegError, OSError, ValueError) as err:
         raise OutputPathError(f"the encoder stopped while writing {path!r} ({_why(err)}) — "
                               "check free disk space") from None
+
+
+def _planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (H, W), U and V (H / 2, W / 2) planes of an (H * 3 / 2, W) I420 buffer."""
+    w = yuv.shape[1]
+    h = yuv.shape[0] * 2 // 3
+    flat = yuv.reshape(-1)
+    q = (h // 2) * (w // 2)
+    return (flat[:h * w].reshape(h, w), flat[h * w:h * w + q].reshape(h // 2, w // 2),
+            flat[h * w + q:].reshape(h // 2, w // 2))
 
 
 def _encode_audio(state: dict, until: int) -> None:
@@ -530,7 +581,7 @@ class Mp4Writer:
             self.audio = audio
         self.frames_written = 0
         self._size = None  # (H, W) of the frames given
-        self._last = None  # last frame written (after padding to even size)
+        self._region = None  # (background, origin, region (h, w)) once write_region is used
         self._closed = False
         self._aborted = False
         self._state: dict = {"container": None, "tmpdir": None, "made_dirs": [], "feeder": None}
@@ -580,15 +631,16 @@ class Mp4Writer:
             st["container"] = container
             rate = Fraction(self.fps).limit_denominator(1001)
             options = {"crf": str(self.crf), "preset": self.preset}
-            big = w * h > BIG_FRAME_PIXELS
+            big = st["big"] = w * h > BIG_FRAME_PIXELS
             if big:      # x264's frames in flight scale with the picture: bound them (see BIG_FRAME_PIXELS)
                 options.update({"rc-lookahead": "0", "bf": "0"})
             video = container.add_stream("libx264", rate=rate, options=options)
             video.width, video.height, video.pix_fmt = w, h, "yuv420p"
             # x264's own frame threads, as the ffmpeg command line runs it: PyAV's defaults are
-            # "as many threads as CPUs" but slice threads, which x264 parallelises worse
+            # "as many threads as CPUs" but slice threads, which x264 parallelises worse; big
+            # frames: two slice threads (one frame in flight, not one per thread)
             video.codec_context.thread_count = 2 if big else 0
-            video.codec_context.thread_type = "AUTO"
+            video.codec_context.thread_type = "SLICE" if big else "AUTO"
             video.codec_context.time_base = 1 / rate
             st.update(video=video, frames=0, fps=float(rate), audio_stream=None)
             if self.audio is not None:
@@ -630,12 +682,12 @@ class Mp4Writer:
         return np.ascontiguousarray(arr)
 
     def _feed(self, arr: np.ndarray) -> None:
-        """Frames to the encode thread; returns once they are queued."""
+        """Frames (or regions) to the encode thread; returns once they are queued."""
         feeder = self._state["feeder"]
         if feeder is None:
-            path = self.path
+            path, origin = self.path, self._region[1] if self._region else None
             feeder = self._state["feeder"] = _EncodeThread(
-                self._state, lambda st, a: _encode_frames(st, a, path))
+                self._state, lambda st, a: _encode_frames(st, a, path, origin))
         feeder.put(arr)
 
     def _drain(self) -> None:
@@ -656,6 +708,9 @@ class Mp4Writer:
             arr = self._check_chunk(frames)
             if len(arr) == 0:
                 return
+            if self._region is not None:
+                raise InvalidParameterError("this writer takes regions (write_region): write every "
+                                            "frame of one video the same way")
             if self._state["container"] is None:
                 self._start(*arr.shape[1:3])
             # the caller may reuse its array once write() returns: the thread gets its own copy
@@ -664,7 +719,65 @@ class Mp4Writer:
             self.abort()
             raise
         self.frames_written += len(arr)
-        self._last = arr[-1:].copy()
+
+    def write_region(self, regions, background: np.ndarray, origin: tuple[int, int],
+                     copy: bool = True) -> None:
+        """Append frames given by the part that differs from a fixed background: frame ``k`` is
+        ``background`` with ``regions[k]`` at ``origin`` (what full-image output of a large
+        photo is: the face region changes, the rest of the photo does not). The full frames are
+        built one at a time on the encode thread, already in yuv420p, so no photo-sized RGB frame
+        is ever in flight, and only the region is converted. The video equals :meth:`write` of
+        the full frames.
+
+        Args:
+            regions ((t, h, w, 3) or (h, w, 3) uint8 RGB): the frames' ``[y0:y0 + h, x0:x0 + w]``.
+            background ((H, W, 3) uint8 RGB): the rest of every frame; even H and W. Every call
+                of one writer passes the same array, ``origin`` and region size.
+            origin ((x0, y0) ints): the region's top-left pixel; even, the region inside the
+                background and of even size (yuv420p's 2 x 2 chroma blocks must not be split).
+            copy (bool): as for :meth:`write`.
+        """
+        if self._closed:
+            raise InvalidParameterError("this Mp4Writer is closed — open a new one")
+        try:
+            arr = self._check_region(regions, background, origin)
+            if len(arr) == 0:
+                return
+            if self._state["container"] is None:
+                self._start(*background.shape[:2])
+                # the frames' planes start as the background's; each region is converted into them
+                self._state["yuv"] = cv2.cvtColor(np.ascontiguousarray(background), cv2.COLOR_RGB2YUV_I420)
+            self._feed(arr.copy() if copy and np.shares_memory(arr, np.asarray(regions)) else arr)
+        except BaseException:
+            self.abort()
+            raise
+        self.frames_written += len(arr)
+
+    def _check_region(self, regions, background, origin) -> np.ndarray:
+        arr = np.asarray(regions)
+        if arr.ndim == 3:
+            arr = arr[None]
+        bg = np.asarray(background)
+        if bg.ndim != 3 or bg.shape[2] != 3 or bg.dtype != np.uint8 or bg.shape[0] % 2 or bg.shape[1] % 2:
+            raise InvalidParameterError(f"background must be an (H, W, 3) uint8 RGB image of even width "
+                                        f"and height, got {bg.dtype} {bg.shape} — use write() for odd sizes")
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise InvalidParameterError(f"regions must be (t, h, w, 3) uint8 RGB, got {arr.dtype} {arr.shape}")
+        x0, y0 = (int(v) for v in origin)
+        h, w = arr.shape[1:3]
+        if x0 % 2 or y0 % 2 or h % 2 or w % 2 or x0 < 0 or y0 < 0 or x0 + w > bg.shape[1] \
+                or y0 + h > bg.shape[0]:
+            raise InvalidParameterError(f"a {w}x{h} region at ({x0}, {y0}) must lie inside the {bg.shape[1]}x"
+                                        f"{bg.shape[0]} background with even position and size")
+        if self._region is None:
+            if self._size is not None:
+                raise InvalidParameterError("this writer takes whole frames (write): write every frame of "
+                                            "one video the same way")
+            self._region, self._size = (bg, (x0, y0), (h, w)), bg.shape[:2]
+        elif bg is not self._region[0] or (x0, y0) != self._region[1] or (h, w) != self._region[2]:
+            raise InvalidParameterError("every write_region call of one writer must pass the same background "
+                                        "array, origin and region size")
+        return np.ascontiguousarray(arr)
 
     def abort(self) -> None:
         """Stop without output: stop the encoder, delete every temporary file and the folders
@@ -691,11 +804,9 @@ class Mp4Writer:
             self._drain()
             st = self._state
             missing = self.expected_frames - self.frames_written if self.pad_to_audio else 0
-            while missing > 0:
-                n = min(missing, 64)
-                _encode_frames(st, np.repeat(self._last, n, axis=0), self.path)
-                self.frames_written += n
-                missing -= n
+            if missing > 0:      # the last frame again (its planes are still in st["yuv"])
+                _encode_frames(st, np.empty((0, 2, 2, 3), np.uint8), self.path, repeat=missing)
+                self.frames_written += missing
             try:
                 container = st["container"]
                 container.mux(st["video"].encode(None))
