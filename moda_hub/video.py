@@ -10,8 +10,9 @@ libx264 included, shipped inside the ``av`` wheel): no ffmpeg binary, no pipes, 
 - :class:`Mp4Writer` / :func:`write_mp4`: streaming H.264 (libx264, yuv420p) + AAC.
 
 Writing is atomic: every file is made in a hidden temporary folder next to the destination
-and ``os.replace``'d into place at the end; on any failure the temporary folder is removed
-and nothing appears at ``path``.
+and moved into place at the end, only over what was at ``path`` when the writer was made
+(nothing, or that same file: :func:`moda_hub.output_paths.move_into_place`); on any failure the
+temporary folder is removed and nothing appears at ``path``.
 
 Timing contract of the writer: with ``audio`` of duration ``D`` s, the video gets
 ``T = max(frames written, round(D * fps))`` frames (missing frames repeat the last one) and the
@@ -44,7 +45,7 @@ import cv2
 import numpy as np
 
 from moda_hub.errors import InvalidParameterError, OutputPathError
-from moda_hub.output_paths import temporary_name
+from moda_hub.output_paths import file_identity, move_into_place, temporary_name
 
 __all__ = [
     "Mp4Writer",
@@ -548,6 +549,7 @@ class Mp4Writer:
                  sample_rate: int = 16000, *, crf: int = 20, preset: str = "veryfast",
                  audio_bitrate: str = "96k", odd_size: str = "pad", pad_to_audio: bool = True):
         self.path = check_output_path(path)   # before any encoding work
+        self._found = file_identity(self.path)  # only this (or nothing) is replaced at the end
         try:
             self.fps = float(fps)
         except (TypeError, ValueError):
@@ -818,7 +820,9 @@ class Mp4Writer:
                 raise OutputPathError(f"could not finish {self.path!r} ({_why(err)}) — check "
                                       "free disk space") from None
             try:
-                os.replace(self._video_tmp, self.path)
+                move_into_place(self._video_tmp, self.path, self._found)
+            except OutputPathError:
+                raise
             except OSError as err:
                 raise OutputPathError(f"cannot write {self.path!r} ({err.strerror}) — choose "
                                       "another output path") from None

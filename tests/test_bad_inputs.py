@@ -1099,18 +1099,24 @@ def test_staged_outputs_appear_together_or_the_old_files_stay(tmp_path, monkeypa
     video.write_bytes(b"old video")
     real_replace = os.replace
 
-    def failing_replace(src, dst):
-        if str(dst) == str(marks):
-            raise OSError(28, "No space left on device")
-        return real_replace(src, dst)
+    real_link = os.link
+
+    def failing(real):
+        def move(src, dst):
+            if str(dst) == str(marks):
+                raise OSError(28, "No space left on device")
+            return real(src, dst)
+        return move
 
     with pytest.raises(OutputPathError, match="nothing was changed"):
         with StagedOutputs() as staged:
             Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
             Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
-            monkeypatch.setattr(os, "replace", failing_replace)
+            monkeypatch.setattr(os, "replace", failing(real_replace))
+            monkeypatch.setattr(os, "link", failing(real_link))
             staged.commit()
     monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "link", real_link)
     assert video.read_bytes() == b"old video" and not marks.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]      # no temp files, no new folder
     with StagedOutputs() as staged:
@@ -1119,3 +1125,71 @@ def test_staged_outputs_appear_together_or_the_old_files_stay(tmp_path, monkeypa
         staged.commit()
     assert video.read_bytes() == b"new video" and marks.read_bytes() == b"new marks"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "sub"]
+
+
+@pytest.fixture
+def other_file_system(tmp_path):
+    """A folder on another file system than ``tmp_path`` (a tmpfs), removed afterwards."""
+    import shutil
+    import tempfile
+    for base in ("/dev/shm", "/run/user/%d" % os.getuid(), "/tmp"):
+        if os.path.isdir(base) and os.access(base, os.W_OK) and os.stat(base).st_dev != os.stat(tmp_path).st_dev:
+            folder = Path(tempfile.mkdtemp(prefix="moda-test-", dir=base))
+            yield folder
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+    pytest.skip("no second writable file system here")
+
+
+@pytest.mark.parametrize("late", ["file", "folder"])
+def test_outputs_on_two_file_systems_are_undone_together_when_a_file_appears_at_one_meanwhile(
+        tmp_path, other_file_system, late):
+    """The video on one file system (it had an old video), the landmarks on another: another program
+    creates a file (or a folder) at the landmarks path after the check, while the outputs are made.
+    The commit refuses with one line; the newcomer is untouched, the old video is back, the new one
+    and every temporary file are gone. Without the newcomer both outputs land."""
+    from moda_hub.output_paths import StagedOutputs
+
+    video, marks = other_file_system / "clip.mp4", tmp_path / "clip.npz"
+    assert os.stat(video.parent).st_dev != os.stat(marks.parent).st_dev
+    video.write_bytes(b"old video")
+    with pytest.raises(OutputPathError, match=r"clip\.npz' was created by another program .* nothing was written"):
+        with StagedOutputs() as staged:
+            Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+            Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+            if late == "file":
+                marks.write_bytes(b"someone else's")
+            else:
+                marks.mkdir()
+            staged.commit()
+    assert video.read_bytes() == b"old video"
+    assert marks.read_bytes() == b"someone else's" if late == "file" else marks.is_dir()
+    assert sorted(p.name for p in other_file_system.iterdir()) == ["clip.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npz"]
+    (marks.unlink() if late == "file" else marks.rmdir())
+    with StagedOutputs() as staged:
+        Path(staged.stage(str(video), ".mp4")).write_bytes(b"new video")
+        Path(staged.stage(str(marks), ".npz")).write_bytes(b"new marks")
+        staged.commit()
+    assert video.read_bytes() == b"new video" and marks.read_bytes() == b"new marks"
+
+
+@pytest.mark.parametrize("meanwhile", ["created", "replaced"])
+def test_a_file_put_at_the_output_path_while_the_video_is_made_is_never_replaced(tmp_path, meanwhile):
+    """Mp4Writer checks its path when it is made; the file appears at its path (or the old video
+    there is swapped for another file) while frames are written: close() refuses with one line,
+    the other program's file is untouched and no temporary file is left."""
+    from moda_hub.video import Mp4Writer
+
+    out = tmp_path / "clip.mp4"
+    if meanwhile == "replaced":
+        out.write_bytes(b"\0\0\0\x18ftypisom" + b"\0" * 16)       # an MP4 there: may be replaced
+    writer = Mp4Writer(out, fps=30)
+    writer.write(np.zeros((3, 32, 32, 3), np.uint8))
+    if meanwhile == "replaced":
+        out.unlink()
+    out.write_bytes(b"someone else's notes")
+    with pytest.raises(OutputPathError, match=f"clip\\.mp4' was {meanwhile} by another program"):
+        writer.close()
+    assert out.read_bytes() == b"someone else's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
