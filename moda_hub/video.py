@@ -407,8 +407,8 @@ def _cleanup(state: dict) -> None:
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
         state["tmpdir"] = None
+    state.pop("frame", None)
     if state.pop("big", False):
-        state.pop("yuv", None)
         _return_free_memory()
 
 
@@ -447,31 +447,32 @@ def _encode_frames(state: dict, arr: np.ndarray, path: str, origin: tuple[int, i
 
     RGB -> planar yuv420p with OpenCV (BT.601 limited range, chroma averaged over 2x2 pixels:
     what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process.
-    ``state["yuv"]`` ((H * 3 / 2, W) uint8, I420 planes) keeps the last frame encoded.
+    ``state["frame"]`` keeps the last frame encoded (an ``av.VideoFrame``).
     ``origin`` (x0, y0), even: ``arr`` holds only that region of each frame (even size); the rest
-    is what ``state["yuv"]`` holds (the background, set by :meth:`Mp4Writer.write_region`): only
-    the region is converted, into its place in the planes — the same planes as converting the
-    whole frame, since yuv420p's chroma never crosses a 2 x 2 block. ``repeat``: encode the last
-    frame this many times more (``arr`` empty)."""
+    is what ``state["frame"]`` holds (the background's planes, set by
+    :meth:`Mp4Writer.write_region`): only the region is converted, into its place in those planes
+    — the same planes as converting the whole frame, since yuv420p's chroma never crosses a 2 x 2
+    block — and the one frame is encoded again (x264 copies its input on every ``encode``).
+    ``repeat``: encode the last frame this many times more (``arr`` empty)."""
     if state.get("dead") or state.get("container") is None:
         raise OutputPathError(f"the encoder for {path!r} was stopped")
     vstream = state["video"]
     t, h, w = arr.shape[:3]
-    yuv = target = state.get("yuv")
-    if t and origin is None and (yuv is None or yuv.shape != (h * 3 // 2, w)):
-        yuv = target = state["yuv"] = np.empty((h * 3 // 2, w), np.uint8)
-    elif t and origin is not None:
-        target = np.empty((h * 3 // 2, w), np.uint8)
+    yuv = np.empty((h * 3 // 2, w), np.uint8) if t else None
     try:
         for k in range(t + repeat):
-            if k < t:
-                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=target)
-                if origin is not None:
-                    for whole, part in zip(_planes(yuv), _planes(target)):
-                        f = yuv.shape[1] // whole.shape[1]         # 1 for luma, 2 for chroma
-                        x0, y0 = origin[0] // f, origin[1] // f
-                        whole[y0:y0 + part.shape[0], x0:x0 + part.shape[1]] = part
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            if k >= t:
+                frame = state["frame"]
+            elif origin is None:
+                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+                frame = state["frame"] = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            else:
+                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+                frame = state["frame"]
+                for whole, part in zip(_frame_planes(frame), _planes(yuv)):
+                    f = frame.width // whole.shape[1]          # 1 for luma, 2 for chroma
+                    x0, y0 = origin[0] // f, origin[1] // f
+                    whole[y0:y0 + part.shape[0], x0:x0 + part.shape[1]] = part
             frame.pts = state["frames"]
             state["frames"] += 1
             state["container"].mux(vstream.encode(frame))
@@ -490,6 +491,20 @@ def _planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = (h // 2) * (w // 2)
     return (flat[:h * w].reshape(h, w), flat[h * w:h * w + q].reshape(h // 2, w // 2),
             flat[h * w + q:].reshape(h // 2, w // 2))
+
+
+def _frame_planes(frame) -> list:
+    """Writable (height, width) uint8 views of a yuv420p ``av.VideoFrame``'s three planes."""
+    return [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes]
+
+
+def _background_frame(background: np.ndarray):
+    """A yuv420p ``av.VideoFrame`` holding ``background`` ((H, W, 3) uint8 RGB, even H, W)."""
+    frame = av.VideoFrame(background.shape[1], background.shape[0], "yuv420p")
+    yuv = cv2.cvtColor(np.ascontiguousarray(background), cv2.COLOR_RGB2YUV_I420)
+    for whole, part in zip(_frame_planes(frame), _planes(yuv)):
+        whole[...] = part
+    return frame
 
 
 def _encode_audio(state: dict, until: int) -> None:
@@ -747,8 +762,9 @@ class Mp4Writer:
                 return
             if self._state["container"] is None:
                 self._start(*background.shape[:2])
-                # the frames' planes start as the background's; each region is converted into them
-                self._state["yuv"] = cv2.cvtColor(np.ascontiguousarray(background), cv2.COLOR_RGB2YUV_I420)
+                # the one frame that is encoded again and again: the background's planes, each
+                # region converted into its place
+                self._state["frame"] = _background_frame(background)
             self._feed(arr.copy() if copy and np.shares_memory(arr, np.asarray(regions)) else arr)
         except BaseException:
             self.abort()
@@ -785,6 +801,7 @@ class Mp4Writer:
         """Stop without output: stop the encoder, delete every temporary file and the folders
         this writer created (when they are empty)."""
         self._closed = self._aborted = True
+        self._region = None                      # the background photo is not kept alive
         _cleanup(self._state)
         for d in self._state.get("made_dirs") or []:   # deepest first
             try:
@@ -806,7 +823,7 @@ class Mp4Writer:
             self._drain()
             st = self._state
             missing = self.expected_frames - self.frames_written if self.pad_to_audio else 0
-            if missing > 0:      # the last frame again (its planes are still in st["yuv"])
+            if missing > 0:      # the last frame again (st["frame"])
                 _encode_frames(st, np.empty((0, 2, 2, 3), np.uint8), self.path, repeat=missing)
                 self.frames_written += missing
             try:
@@ -830,6 +847,7 @@ class Mp4Writer:
             self.abort()
             raise
         self._closed = True
+        self._region = None
         _cleanup(self._state)
         return self.path
 
