@@ -245,6 +245,8 @@ def instrument(pipe, writer_cls) -> StageClock:
     clock.wrap(pipe.renderer, "prepare", "render_prepare")
     clock.wrap(pipe.renderer, "render", "render")
     clock.wrap(writer_cls, "write", "encode")
+    if hasattr(writer_cls, "write_region"):         # full-image MP4s: regions over the photo
+        clock.wrap(writer_cls, "write_region", "encode")
     clock.wrap(writer_cls, "close", "encode")
     return clock
 
