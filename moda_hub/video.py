@@ -421,7 +421,7 @@ def _return_free_memory() -> None:
     if _malloc_trim is None:
         try:
             _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, TypeError):        # no glibc (macOS, Windows)
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
