@@ -245,6 +245,8 @@ def instrument(pipe, writer_cls) -> StageClock:
     clock.wrap(pipe.renderer, "prepare", "render_prepare")
     clock.wrap(pipe.renderer, "render", "render")
     clock.wrap(writer_cls, "write", "encode")
+    if hasattr(writer_cls, "write_region"):         # full-image MP4s: regions over the photo
+        clock.wrap(writer_cls, "write_region", "encode")
     clock.wrap(writer_cls, "close", "encode")
     return clock
 
@@ -452,8 +454,12 @@ def worker(spec: dict) -> dict:
     # a bound, not a variant: the same call with rendering free (each chunk's frames copied from the
     # run's own first frames, as the floor writes them) -- what everything but the render costs
     if spec["api"] == "call" and spec["seconds"] <= 60:
-        def copied_frames(prepared, landmarks, torso_offset_px=None):
-            return sample[np.arange(len(landmarks)) % len(sample)]        # fancy indexing: a fresh copy
+        def copied_frames(prepared, landmarks, torso_offset_px=None, region_only=False):
+            out = sample[np.arange(len(landmarks)) % len(sample)]         # fancy indexing: a fresh copy
+            if region_only:                                  # full-image MP4: the region around the face
+                x0, y0, x1, y1 = prepared.paste_region
+                out = np.ascontiguousarray(out[:, y0:y1, x0:x1])
+            return out
         pipe.renderer.render = copied_frames
         try:
             t0 = time.perf_counter()

@@ -27,7 +27,14 @@ what callers hand back to the user.
 Several outputs of one call (a video and its landmarks) are checked together
 (:func:`check_outputs`, which also refuses two outputs at one path) and written together with
 :class:`StagedOutputs`: each is written to a temporary file next to its destination, and all
-are moved into place only once every one of them is complete — or none is.
+are moved into place only once every one of them is complete — or none is. Each move is a
+rename inside the destination's own folder, so outputs on different file systems are undone
+as well.
+
+Between the check and the end of the work (minutes) another program may create or swap a file
+at a destination: the final move (:func:`move_into_place`) replaces only what was there when
+the work began — nothing, or the very same file — and otherwise leaves the newcomer untouched
+and writes nothing.
 
 Example:
     >>> from moda_hub.output_paths import check_output_file
@@ -36,6 +43,7 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -274,13 +282,60 @@ def temporary_name(path: str, suffix: str = "") -> str:
     return os.path.join(os.path.dirname(path), name)
 
 
+def file_identity(path: str) -> Optional[tuple]:
+    """(device, inode, status-change time in ns, size) of what is at ``path`` now (a link itself,
+    not its target); None when nothing is. Taken before the work, it tells
+    :func:`move_into_place` what may be replaced (the time tells a new file from an old one that
+    got the deleted file's inode number, which file systems reuse at once)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size
+
+
+def _changed(path: str, expected: Optional[tuple]) -> OutputPathError:
+    how = "created" if expected is None else "replaced"
+    return OutputPathError(f"{path!r} was {how} by another program while the output was being made — it was "
+                           "left as it is and nothing was written; choose another output path")
+
+
+def move_into_place(tmp: str, path: str, expected: Optional[tuple]) -> None:
+    """Move the finished file ``tmp`` (in ``path``'s folder) to ``path`` only if ``path`` still
+    holds what it held before the work: nothing (``expected`` None) or the very same file
+    (``expected`` = its :func:`file_identity`). Where nothing was there, the move cannot replace
+    a file made in the last instant either: a hard link (which fails when the name exists), then
+    the temporary name removed; file systems without hard links get a plain rename.
+
+    Raises:
+        OutputPathError: something else is at ``path`` now (left untouched; ``tmp`` is kept
+            for the caller to remove).
+        OSError: the rename itself failed.
+    """
+    if file_identity(path) != expected:
+        raise _changed(path, expected)
+    if expected is None:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _changed(path, expected) from None
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+        else:
+            os.remove(tmp)
+            return
+    os.replace(tmp, path)
+
+
 class StagedOutputs:
     """Write several outputs so that they appear together or not at all.
 
     ``stage(path)`` gives a temporary path next to ``path`` (its folders created) to write the
     output into; :meth:`commit` moves every staged file into place (after all of them were
-    written); leaving the ``with`` block by an exception removes every temporary file and the
-    folders created for them.
+    written), each only over what was at its destination when it was staged (see
+    :func:`move_into_place`); leaving the ``with`` block by an exception removes every temporary
+    file and the folders created for them.
 
     Example:
         >>> with StagedOutputs() as staged:                         # doctest: +SKIP
@@ -300,37 +355,42 @@ class StagedOutputs:
     def stage(self, path: str, suffix: str = "") -> str:
         self._made += make_parent_folders(path)
         tmp = temporary_name(path, suffix)
-        self._staged.append((tmp, path))
+        self._staged.append((tmp, path, file_identity(path)))
         return tmp
 
     def commit(self) -> None:
         """Move every staged file into place. Files already at the destinations are first moved
         aside (same folder, a rename), so when one move fails the others are undone and the old
         files restored: all outputs change, or none does."""
-        for tmp, _ in self._staged:
+        for tmp, _, _ in self._staged:
             if not os.path.isfile(tmp):
                 raise OutputPathError(f"the output {tmp!r} was not written — nothing was saved")
-        done: List[tuple] = []                        # (destination, its old file moved aside or None)
+        done: List[tuple] = []          # (destination, our file's identity, its old file moved aside or None)
         try:
-            for tmp, path in self._staged:
+            for tmp, path, expected in self._staged:
                 aside = None
-                if os.path.lexists(path):
+                if expected is not None:
+                    if file_identity(path) != expected:
+                        raise _changed(path, expected)
                     aside = temporary_name(path, ".old")
                     os.rename(path, aside)
-                done.append((path, aside))
-                os.replace(tmp, path)
-        except OSError as err:
-            for path, aside in reversed(done):        # undo: the new file goes, the old one comes back
+                    expected = None                   # the name is free now: taken only while still free
+                done.append((path, file_identity(tmp)[:2], aside))      # device, inode: ours
+                move_into_place(tmp, path, expected)
+        except (OSError, OutputPathError) as err:
+            for path, ours, aside in reversed(done):  # undo: our file goes, the old one comes back
                 try:
-                    if aside is not None:
-                        os.replace(aside, path)
-                    elif os.path.lexists(path):
+                    if (file_identity(path) or ())[:2] == ours:
                         os.remove(path)
-                except OSError:
+                    if aside is not None:
+                        move_into_place(aside, path, None)      # never over a newcomer
+                except (OSError, OutputPathError):
                     pass
+            if isinstance(err, OutputPathError):
+                raise err from None
             raise OutputPathError(f"cannot write {self._staged[len(done) - 1][1]!r} ({err.strerror}) — "
                                   "nothing was changed; choose another output path") from None
-        for _, aside in done:
+        for _, _, aside in done:
             if aside is not None:
                 try:
                     os.remove(aside)
@@ -341,7 +401,7 @@ class StagedOutputs:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.committed:
             return
-        for tmp, _ in self._staged:
+        for tmp, _, _ in self._staged:
             try:
                 os.remove(tmp)
             except OSError:
@@ -354,4 +414,5 @@ class StagedOutputs:
 
 
 __all__ = ["EXTENSIONS", "LANDMARKS", "VIDEO", "StagedOutputs", "check_output_dir", "check_output_file",
-           "check_outputs", "check_writable_folder", "make_parent_folders", "normalise", "temporary_name"]
+           "check_outputs", "check_writable_folder", "file_identity", "make_parent_folders", "move_into_place",
+           "normalise", "temporary_name"]

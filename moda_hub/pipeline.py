@@ -41,9 +41,11 @@ OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
 #: Checked before any work (from the file header for audio files).
 MAX_AUDIO_SECONDS = 600.0
 #: Bytes of output frames one chunk may hold. A chunk is rendered, then queued to the encoder
-#: while the next one renders, so about three chunks are in flight: with full-image output of a
-#: 12-megapixel photo (36 MB a frame) that is 2 frames a chunk, not 32 (1.2 GB a chunk).
-CHUNK_BYTES = 80 * 2 ** 20
+#: while the next one renders, so about three chunks are in flight: 32 frames of a 512 x 512
+#: crop (24 MB); with full-image output of a 12-megapixel photo (36 MB a frame) 1 frame a chunk
+#: from :meth:`ModaPipeline.stream`, not 32 (1.2 GB a chunk), and 4 frames of the region around
+#: the face (1978 x 946 px) when only the MP4 is made (the writer adds the rest of the photo).
+CHUNK_BYTES = 24 * 2 ** 20
 #: A clip whose loudest sample is below this (-60 dBFS) is silence: there is nothing for the lips
 #: to follow (its per-utterance normalised features would read as "average speech"), so the
 #: mouth keeps the portrait's shape.
@@ -367,9 +369,11 @@ class ModaPipeline(DiffusionPipeline):
 
     def _render_session(self, session: _Session, chunk_frames: int, output_size: Optional[int],
                         output_path: Optional[str], render: bool, callback,
-                        internal: bool = False) -> Iterator[ModaStreamChunk]:
+                        internal: bool = False, frames_needed: bool = True) -> Iterator[ModaStreamChunk]:
         """Steps 4-7 chunk by chunk: motion, landmarks, frames and (optionally) the MP4.
-        ``internal``: the chunks' frames stay inside the pipeline (``__call__``), not the user's."""
+        ``internal``: the chunks' frames stay inside the pipeline (``__call__``), not the user's.
+        ``frames_needed=False`` (only the MP4 is wanted): full-image frames go to the writer as
+        their paste region only, and the chunks' ``frames`` are empty."""
         report = callback or (lambda stage, fraction: None)
         if output_size is None:                     # full image for photos up to 1 MP, else the renderer's crop
             output_size = default_output_size(session.subject.image.shape[:2])
@@ -378,14 +382,20 @@ class ModaPipeline(DiffusionPipeline):
         writer = Mp4Writer(output_path, fps=session.fps, audio=session.wav, sample_rate=SAMPLE_RATE) \
             if output_path else None
         n = session.num_frames
-        chunk_frames = frames_per_chunk(prepared, chunk_frames)     # full-size frames of a big photo: fewer
+        # full-image output only into the MP4: the writer builds each frame from the photo and the
+        # region around the face, so no photo-sized frame is rendered or held (same video)
+        region = getattr(prepared, "paste_region", None) if writer is not None and not frames_needed else None
+        chunk_frames = frames_per_chunk(prepared, chunk_frames, region)   # full-size frames of a big photo: fewer
         try:
             for start in range(0, n, chunk_frames):
                 stop = min(n, start + chunk_frames)
                 landmarks, torso_px, motion = self.motion_chunk(session, start, stop)
-                frames = self.renderer.render(prepared, landmarks, torso_px) if render \
+                if region is not None:
+                    writer.write_region(self.renderer.render(prepared, landmarks, torso_px, region_only=True),
+                                        prepared.full_image, region[:2], copy=False)
+                frames = self.renderer.render(prepared, landmarks, torso_px) if render and region is None \
                     else np.zeros((0, 0, 0, 3), np.uint8)
-                if writer is not None:    # __call__ never hands these frames out: no copy needed
+                if writer is not None and region is None:    # __call__ never hands these frames out: no copy
                     writer.write(frames, copy=not internal)
                 report("render", 0.2 + 0.8 * stop / n)
                 yield ModaStreamChunk(start, frames, landmarks, motion, float(session.fps), prepared)
@@ -467,7 +477,7 @@ class ModaPipeline(DiffusionPipeline):
         n = session.num_frames
         landmarks, motion, out_frames = np.empty((n, 478, 3), np.float32), {}, None
         chunks = self._render_session(session, 32, output_size, video_path, output_type != "landmarks", callback,
-                                      internal=True)
+                                      internal=True, frames_needed=output_type in ("np", "pil"))
         with self.progress_bar(total=n) as bar:
             for chunk in chunks:
                 a, b = chunk.start, chunk.start + len(chunk.landmarks)
@@ -486,11 +496,12 @@ class ModaPipeline(DiffusionPipeline):
                                   motion=motion, fps=float(fps), audio=session.wav)
 
 
-def frames_per_chunk(prepared, chunk_frames: int) -> int:
+def frames_per_chunk(prepared, chunk_frames: int, region=None) -> int:
     """``chunk_frames``, lowered so that one chunk of output frames stays within :data:`CHUNK_BYTES`
     (at least 1 frame). ``prepared``: the renderer's prepared portrait (its ``output_hw`` gives the
-    frame size; None or unknown keeps ``chunk_frames``). Chunking never changes the frames."""
-    hw = getattr(prepared, "output_hw", None)
+    frame size; None or unknown keeps ``chunk_frames``); ``region`` (x0, y0, x1, y1): only that part
+    of each frame is rendered. Chunking never changes the frames."""
+    hw = (region[3] - region[1], region[2] - region[0]) if region else getattr(prepared, "output_hw", None)
     if not hw:
         return chunk_frames
     return max(1, min(int(chunk_frames), CHUNK_BYTES // (3 * int(hw[0]) * int(hw[1]))))

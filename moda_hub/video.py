@@ -10,8 +10,9 @@ libx264 included, shipped inside the ``av`` wheel): no ffmpeg binary, no pipes, 
 - :class:`Mp4Writer` / :func:`write_mp4`: streaming H.264 (libx264, yuv420p) + AAC.
 
 Writing is atomic: every file is made in a hidden temporary folder next to the destination
-and ``os.replace``'d into place at the end; on any failure the temporary folder is removed
-and nothing appears at ``path``.
+and moved into place at the end, only over what was at ``path`` when the writer was made
+(nothing, or that same file: :func:`moda_hub.output_paths.move_into_place`); on any failure the
+temporary folder is removed and nothing appears at ``path``.
 
 Timing contract of the writer: with ``audio`` of duration ``D`` s, the video gets
 ``T = max(frames written, round(D * fps))`` frames (missing frames repeat the last one) and the
@@ -29,6 +30,7 @@ Example::
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import shutil
@@ -43,7 +45,7 @@ import cv2
 import numpy as np
 
 from moda_hub.errors import InvalidParameterError, OutputPathError
-from moda_hub.output_paths import temporary_name
+from moda_hub.output_paths import file_identity, move_into_place, temporary_name
 
 __all__ = [
     "Mp4Writer",
@@ -405,31 +407,72 @@ def _cleanup(state: dict) -> None:
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
         state["tmpdir"] = None
+    state.pop("frame", None)
+    if state.pop("big", False):
+        _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the operating system (glibc's ``malloc_trim``; nothing
+    where there is no glibc). After a video of big frames, glibc would otherwise keep the
+    encoder's and the frames' freed buffers (~150-250 MB for a 12-MP photo) for the process: a
+    server's memory would stay at its peak after the request."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError, TypeError):        # no glibc (macOS, Windows)
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 #: Frames above this many pixels (a little over 1920 x 1080: full-image output of a large photo)
-#: are encoded with x264's lookahead and B-frames off and two frame threads. x264 holds every
-#: frame in flight at full size (lookahead, B-frame queue, one per thread, each with its
-#: interpolated planes): a 12-MP frame stream took 1378 MB in the encoder with the defaults
-#: against 582 MB so (25 frames of 4000 x 3000, 2 cores; encode time 3.4 -> 3.9 s). Smaller
-#: frames (every face crop) are encoded exactly as before.
+#: are encoded with x264's lookahead and B-frames off on two *slice* threads. x264 holds every
+#: frame in flight at full size (lookahead, B-frame queue, one per frame thread, each with its
+#: interpolated planes): a 12-MP frame stream took 1378 MB in the encoder with the defaults,
+#: 582 MB with lookahead and B-frames off on two frame threads, and ~300 MB on two slice threads
+#: (one frame in flight; 30 frames of a 4000 x 3000 photo with a moving face, 2 cores: CPU
+#: 3.3-3.7 s -> 2.9 s, same wall time, file size +0.4 %). Smaller frames (every face crop) are
+#: encoded exactly as before.
 BIG_FRAME_PIXELS = 2_100_000
 
 
-def _encode_frames(state: dict, arr: np.ndarray, path: str) -> None:
+def _encode_frames(state: dict, arr: np.ndarray, path: str, origin: tuple[int, int] | None = None,
+                   repeat: int = 0) -> None:
     """Encode (t, H, W, 3) uint8 RGB frames (even H, W) and, alongside, the audio they cover.
 
     RGB -> planar yuv420p with OpenCV (BT.601 limited range, chroma averaged over 2x2 pixels:
-    what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process."""
+    what FFmpeg's own rgb24 -> yuv420p gives), then libx264 and the MP4 muxer, in process.
+    ``state["frame"]`` keeps the last frame encoded (an ``av.VideoFrame``).
+    ``origin`` (x0, y0), even: ``arr`` holds only that region of each frame (even size); the rest
+    is what ``state["frame"]`` holds (the background's planes, set by
+    :meth:`Mp4Writer.write_region`): only the region is converted, into its place in those planes
+    — the same planes as converting the whole frame, since yuv420p's chroma never crosses a 2 x 2
+    block — and the one frame is encoded again (x264 copies its input on every ``encode``).
+    ``repeat``: encode the last frame this many times more (``arr`` empty)."""
     if state.get("dead") or state.get("container") is None:
         raise OutputPathError(f"the encoder for {path!r} was stopped")
     vstream = state["video"]
     t, h, w = arr.shape[:3]
-    yuv = np.empty((h * 3 // 2, w), np.uint8)
+    yuv = np.empty((h * 3 // 2, w), np.uint8) if t else None
     try:
-        for k in range(t):
-            cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        for k in range(t + repeat):
+            if k >= t:
+                frame = state["frame"]
+            elif origin is None:
+                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+                frame = state["frame"] = _yuv_frame(yuv)
+            else:
+                cv2.cvtColor(arr[k], cv2.COLOR_RGB2YUV_I420, dst=yuv)
+                frame = state["frame"]
+                for whole, part in zip(_frame_planes(frame), _planes(yuv)):
+                    f = frame.width // whole.shape[1]          # 1 for luma, 2 for chroma
+                    x0, y0 = origin[0] // f, origin[1] // f
+                    whole[y0:y0 + part.shape[0], x0:x0 + part.shape[1]] = part
             frame.pts = state["frames"]
             state["frames"] += 1
             state["container"].mux(vstream.encode(frame))
@@ -438,6 +481,31 @@ def _encode_frames(state: dict, arr: np.ndarray, path: str) -> None:
     except (av.FFmpegError, OSError, ValueError) as err:
         raise OutputPathError(f"the encoder stopped while writing {path!r} ({_why(err)}) — "
                               "check free disk space") from None
+
+
+def _planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (H, W), U and V (H / 2, W / 2) planes of an (H * 3 / 2, W) I420 buffer."""
+    w = yuv.shape[1]
+    h = yuv.shape[0] * 2 // 3
+    flat = yuv.reshape(-1)
+    q = (h // 2) * (w // 2)
+    return (flat[:h * w].reshape(h, w), flat[h * w:h * w + q].reshape(h // 2, w // 2),
+            flat[h * w + q:].reshape(h // 2, w // 2))
+
+
+def _frame_planes(frame) -> list:
+    """Writable (height, width) uint8 views of a yuv420p ``av.VideoFrame``'s three planes."""
+    return [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes]
+
+
+def _yuv_frame(yuv: np.ndarray):
+    """A yuv420p ``av.VideoFrame`` holding an (H * 3 / 2, W) I420 buffer. The planes are filled by
+    numpy (which copies without the GIL), not ``VideoFrame.from_ndarray`` (a ``tobytes`` copy, then
+    row by row, holding the GIL): the same bytes, 90 -> 15 us for a 512 x 512 frame."""
+    frame = av.VideoFrame(yuv.shape[1], yuv.shape[0] * 2 // 3, "yuv420p")
+    for whole, part in zip(_frame_planes(frame), _planes(yuv)):
+        whole[...] = part
+    return frame
 
 
 def _encode_audio(state: dict, until: int) -> None:
@@ -497,6 +565,7 @@ class Mp4Writer:
                  sample_rate: int = 16000, *, crf: int = 20, preset: str = "veryfast",
                  audio_bitrate: str = "96k", odd_size: str = "pad", pad_to_audio: bool = True):
         self.path = check_output_path(path)   # before any encoding work
+        self._found = file_identity(self.path)  # only this (or nothing) is replaced at the end
         try:
             self.fps = float(fps)
         except (TypeError, ValueError):
@@ -530,7 +599,7 @@ class Mp4Writer:
             self.audio = audio
         self.frames_written = 0
         self._size = None  # (H, W) of the frames given
-        self._last = None  # last frame written (after padding to even size)
+        self._region = None  # (background, origin, region (h, w)) once write_region is used
         self._closed = False
         self._aborted = False
         self._state: dict = {"container": None, "tmpdir": None, "made_dirs": [], "feeder": None}
@@ -580,15 +649,16 @@ class Mp4Writer:
             st["container"] = container
             rate = Fraction(self.fps).limit_denominator(1001)
             options = {"crf": str(self.crf), "preset": self.preset}
-            big = w * h > BIG_FRAME_PIXELS
+            big = st["big"] = w * h > BIG_FRAME_PIXELS
             if big:      # x264's frames in flight scale with the picture: bound them (see BIG_FRAME_PIXELS)
                 options.update({"rc-lookahead": "0", "bf": "0"})
             video = container.add_stream("libx264", rate=rate, options=options)
             video.width, video.height, video.pix_fmt = w, h, "yuv420p"
             # x264's own frame threads, as the ffmpeg command line runs it: PyAV's defaults are
-            # "as many threads as CPUs" but slice threads, which x264 parallelises worse
+            # "as many threads as CPUs" but slice threads, which x264 parallelises worse; big
+            # frames: two slice threads (one frame in flight, not one per thread)
             video.codec_context.thread_count = 2 if big else 0
-            video.codec_context.thread_type = "AUTO"
+            video.codec_context.thread_type = "SLICE" if big else "AUTO"
             video.codec_context.time_base = 1 / rate
             st.update(video=video, frames=0, fps=float(rate), audio_stream=None)
             if self.audio is not None:
@@ -630,12 +700,12 @@ class Mp4Writer:
         return np.ascontiguousarray(arr)
 
     def _feed(self, arr: np.ndarray) -> None:
-        """Frames to the encode thread; returns once they are queued."""
+        """Frames (or regions) to the encode thread; returns once they are queued."""
         feeder = self._state["feeder"]
         if feeder is None:
-            path = self.path
+            path, origin = self.path, self._region[1] if self._region else None
             feeder = self._state["feeder"] = _EncodeThread(
-                self._state, lambda st, a: _encode_frames(st, a, path))
+                self._state, lambda st, a: _encode_frames(st, a, path, origin))
         feeder.put(arr)
 
     def _drain(self) -> None:
@@ -656,6 +726,9 @@ class Mp4Writer:
             arr = self._check_chunk(frames)
             if len(arr) == 0:
                 return
+            if self._region is not None:
+                raise InvalidParameterError("this writer takes regions (write_region): write every "
+                                            "frame of one video the same way")
             if self._state["container"] is None:
                 self._start(*arr.shape[1:3])
             # the caller may reuse its array once write() returns: the thread gets its own copy
@@ -664,12 +737,73 @@ class Mp4Writer:
             self.abort()
             raise
         self.frames_written += len(arr)
-        self._last = arr[-1:].copy()
+
+    def write_region(self, regions, background: np.ndarray, origin: tuple[int, int],
+                     copy: bool = True) -> None:
+        """Append frames given by the part that differs from a fixed background: frame ``k`` is
+        ``background`` with ``regions[k]`` at ``origin`` (what full-image output of a large
+        photo is: the face region changes, the rest of the photo does not). The full frames are
+        built one at a time on the encode thread, already in yuv420p, so no photo-sized RGB frame
+        is ever in flight, and only the region is converted. The video equals :meth:`write` of
+        the full frames.
+
+        Args:
+            regions ((t, h, w, 3) or (h, w, 3) uint8 RGB): the frames' ``[y0:y0 + h, x0:x0 + w]``.
+            background ((H, W, 3) uint8 RGB): the rest of every frame; even H and W. Every call
+                of one writer passes the same array, ``origin`` and region size.
+            origin ((x0, y0) ints): the region's top-left pixel; even, the region inside the
+                background and of even size (yuv420p's 2 x 2 chroma blocks must not be split).
+            copy (bool): as for :meth:`write`.
+        """
+        if self._closed:
+            raise InvalidParameterError("this Mp4Writer is closed — open a new one")
+        try:
+            arr = self._check_region(regions, background, origin)
+            if len(arr) == 0:
+                return
+            if self._state["container"] is None:
+                self._start(*background.shape[:2])
+                # the one frame that is encoded again and again: the background's planes, each
+                # region converted into its place
+                self._state["frame"] = _yuv_frame(cv2.cvtColor(np.ascontiguousarray(background),
+                                                               cv2.COLOR_RGB2YUV_I420))
+            self._feed(arr.copy() if copy and np.shares_memory(arr, np.asarray(regions)) else arr)
+        except BaseException:
+            self.abort()
+            raise
+        self.frames_written += len(arr)
+
+    def _check_region(self, regions, background, origin) -> np.ndarray:
+        arr = np.asarray(regions)
+        if arr.ndim == 3:
+            arr = arr[None]
+        bg = np.asarray(background)
+        if bg.ndim != 3 or bg.shape[2] != 3 or bg.dtype != np.uint8 or bg.shape[0] % 2 or bg.shape[1] % 2:
+            raise InvalidParameterError(f"background must be an (H, W, 3) uint8 RGB image of even width "
+                                        f"and height, got {bg.dtype} {bg.shape} — use write() for odd sizes")
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise InvalidParameterError(f"regions must be (t, h, w, 3) uint8 RGB, got {arr.dtype} {arr.shape}")
+        x0, y0 = (int(v) for v in origin)
+        h, w = arr.shape[1:3]
+        if x0 % 2 or y0 % 2 or h % 2 or w % 2 or x0 < 0 or y0 < 0 or x0 + w > bg.shape[1] \
+                or y0 + h > bg.shape[0]:
+            raise InvalidParameterError(f"a {w}x{h} region at ({x0}, {y0}) must lie inside the {bg.shape[1]}x"
+                                        f"{bg.shape[0]} background with even position and size")
+        if self._region is None:
+            if self._size is not None:
+                raise InvalidParameterError("this writer takes whole frames (write): write every frame of "
+                                            "one video the same way")
+            self._region, self._size = (bg, (x0, y0), (h, w)), bg.shape[:2]
+        elif bg is not self._region[0] or (x0, y0) != self._region[1] or (h, w) != self._region[2]:
+            raise InvalidParameterError("every write_region call of one writer must pass the same background "
+                                        "array, origin and region size")
+        return np.ascontiguousarray(arr)
 
     def abort(self) -> None:
         """Stop without output: stop the encoder, delete every temporary file and the folders
         this writer created (when they are empty)."""
         self._closed = self._aborted = True
+        self._region = None                      # the background photo is not kept alive
         _cleanup(self._state)
         for d in self._state.get("made_dirs") or []:   # deepest first
             try:
@@ -691,11 +825,9 @@ class Mp4Writer:
             self._drain()
             st = self._state
             missing = self.expected_frames - self.frames_written if self.pad_to_audio else 0
-            while missing > 0:
-                n = min(missing, 64)
-                _encode_frames(st, np.repeat(self._last, n, axis=0), self.path)
-                self.frames_written += n
-                missing -= n
+            if missing > 0:      # the last frame again (st["frame"])
+                _encode_frames(st, np.empty((0, 2, 2, 3), np.uint8), self.path, repeat=missing)
+                self.frames_written += missing
             try:
                 container = st["container"]
                 container.mux(st["video"].encode(None))
@@ -707,7 +839,9 @@ class Mp4Writer:
                 raise OutputPathError(f"could not finish {self.path!r} ({_why(err)}) — check "
                                       "free disk space") from None
             try:
-                os.replace(self._video_tmp, self.path)
+                move_into_place(self._video_tmp, self.path, self._found)
+            except OutputPathError:
+                raise
             except OSError as err:
                 raise OutputPathError(f"cannot write {self.path!r} ({err.strerror}) — choose "
                                       "another output path") from None
@@ -715,6 +849,7 @@ class Mp4Writer:
             self.abort()
             raise
         self._closed = True
+        self._region = None
         _cleanup(self._state)
         return self.path
 

@@ -150,6 +150,7 @@ def test_failure_moving_the_finished_file_into_place_leaves_nothing(pipe, astron
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(video.os, "replace", disk_full)
+    monkeypatch.setattr(video.os, "link", disk_full)        # a new file is put in place by a hard link
     with pytest.raises(OutputPathError, match="No space left"):
         _call(pipe, astronaut, speech, out_dir)
 

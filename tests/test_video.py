@@ -250,14 +250,16 @@ def test_video_info_on_missing_or_corrupt_files_says_what_is_wrong(tmp_path):
         read_video_info(bad)
 
 
-def test_big_frames_are_encoded_without_lookahead_or_b_frames_and_small_ones_as_before(tmp_path):
-    """Full-image output of a large photo: x264 holds fewer full-size frames in flight above
-    BIG_FRAME_PIXELS (no B-frames, no lookahead); face crops keep the default settings."""
+def test_big_frames_are_encoded_without_lookahead_or_b_frames_on_slice_threads_and_small_ones_as_before(
+        tmp_path):
+    """Full-image output of a large photo: x264 holds one full-size frame in flight above
+    BIG_FRAME_PIXELS (no B-frames, no lookahead, slice threads instead of frame threads); face
+    crops keep the default settings. x264 writes the options it ran with into the stream."""
     import av
     from av.video.frame import PictureType
     from moda_hub.video import BIG_FRAME_PIXELS
 
-    def b_frames(path, size, n=12):
+    def encode(path, size, n=12):
         h, w = size
         y, x = np.mgrid[0:h, 0:w]
         frames = np.stack([((x + 9 * k) % 64 * 4 + (y % 7)).astype(np.uint8) for k in range(n)])
@@ -266,7 +268,59 @@ def test_big_frames_are_encoded_without_lookahead_or_b_frames_and_small_ones_as_
         with av.open(str(path)) as c:
             types = [PictureType(int(f.pict_type)) for f in c.decode(video=0)]
         assert len(types) == n
-        return types.count(PictureType.B)
+        data = path.read_bytes()
+        start = data.index(b"x264 - core")
+        options = dict(o.split("=", 1) for o in data[start:data.index(b"\0", start)].decode().split()
+                       if "=" in o)
+        return types.count(PictureType.B), options
 
-    assert b_frames(tmp_path / "big.mp4", (1088, 1936)) == 0          # 2.1 MP
-    assert b_frames(tmp_path / "small.mp4", (128, 160)) > 0           # the default settings
+    assert 1088 * 1936 > BIG_FRAME_PIXELS > 1080 * 1920
+    b, options = encode(tmp_path / "big.mp4", (1088, 1936))          # 2.1 MP
+    assert b == 0 and options["bframes"] == "0" and options["mbtree"] == "0"
+    assert "rc_lookahead" not in options                               # x264 names it only when on
+    assert options["sliced_threads"] == "1" and options["threads"] == "2"
+    b, options = encode(tmp_path / "small.mp4", (128, 160))          # the default settings
+    assert b > 0 and options["bframes"] != "0" and options["sliced_threads"] == "0"
+    assert int(options["rc_lookahead"]) > 0
+
+
+def test_regions_over_a_background_give_the_video_of_the_full_frames(tmp_path):
+    """write_region(regions, background, origin) encodes exactly what write() of the full frames
+    (background with each region pasted at origin) encodes: yuv420p is converted per 2 x 2 block,
+    so converting the region alone gives the same planes. The last frame repeats to the audio."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:96, 0:128]
+    background = np.stack([(x * 2) % 256, (y * 3) % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    regions = rng.integers(0, 256, (7, 40, 30, 3), dtype=np.uint8)
+    full = np.repeat(background[None], 7, axis=0)
+    full[:, 20:60, 10:40] = regions
+    audio = tone(0.4)                                   # 12 frames at 30 fps: 5 repeated
+    with Mp4Writer(tmp_path / "full.mp4", fps=30, audio=audio, sample_rate=SR) as writer:
+        writer.write(full[:4])
+        writer.write(full[4:])
+    with Mp4Writer(tmp_path / "region.mp4", fps=30, audio=audio, sample_rate=SR) as writer:
+        writer.write_region(regions[:4], background, (10, 20))
+        writer.write_region(regions[4:], background, (10, 20))
+    a, b = read_video_frames(tmp_path / "full.mp4"), read_video_frames(tmp_path / "region.mp4")
+    assert a.shape == b.shape == (12, 96, 128, 3)
+    assert np.array_equal(a, b)
+    assert np.abs(a[:7].astype(int) - full.astype(int)).mean() < 12       # it is the video of the frames
+    info = read_video_info(tmp_path / "region.mp4", exact=True)
+    assert info["n_frames"] == 12 and abs(info["audio_duration"] - 0.4) < 1 / 30
+
+
+@pytest.mark.parametrize("origin, shape, match", [
+    ((11, 20), (40, 30), "even position and size"),
+    ((10, 20), (41, 30), "even position and size"),
+    ((110, 20), (40, 30), "inside the 128x96 background"),
+])
+def test_a_region_that_splits_a_chroma_block_or_leaves_the_background_is_refused(tmp_path, origin, shape, match):
+    background = np.zeros((96, 128, 3), np.uint8)
+    with pytest.raises(InvalidParameterError, match=match):
+        with Mp4Writer(tmp_path / "bad.mp4", fps=30) as writer:
+            writer.write_region(np.zeros((2,) + shape + (3,), np.uint8), background, origin)
+    assert not (tmp_path / "bad.mp4").exists() and leftovers(tmp_path) == []
+    with pytest.raises(InvalidParameterError, match="write every frame of one video the same way"):
+        with Mp4Writer(tmp_path / "mixed.mp4", fps=30) as writer:
+            writer.write_region(np.zeros((2, 40, 30, 3), np.uint8), background, (10, 20))
+            writer.write(np.zeros((2, 96, 128, 3), np.uint8))

@@ -250,6 +250,21 @@ def feather_mask(box: CropBox, feather_px: int) -> Feather:
     return Feather(mask=mask, inverse=np.ascontiguousarray(1.0 - mask), widths=widths)
 
 
+def paste_region(box: CropBox) -> tuple[int, int, int, int] | None:
+    """The part of the portrait that pasting ``box`` back can change, widened to whole 2 x 2
+    blocks: (x0, y0, x1, y1) full-image pixels, all even, holding the canvas. Outside it a
+    pasted-back frame is the portrait itself, and a yuv420p encoder (chroma per 2 x 2 block) can
+    convert the region alone and get the same planes as for the whole frame. None when ``box``
+    is not a full-image canvas or the portrait has an odd width or height (an encoder pads those).
+    """
+    H, W = box.image_hw
+    if not box.is_full_image or H % 2 or W % 2:
+        return None
+    x0, y0 = int(box.x0) // 2 * 2, int(box.y0) // 2 * 2
+    x1, y1 = -(-(int(box.x0) + box.width) // 2) * 2, -(-(int(box.y0) + box.height) // 2) * 2
+    return x0, y0, x1, y1
+
+
 def paste_back(image_rgb: np.ndarray, canvas_rgb: np.ndarray, box: CropBox, feather: Feather,
                out: np.ndarray | None = None) -> np.ndarray:
     """The full portrait with the canvas blended in: (H, W, 3) uint8.

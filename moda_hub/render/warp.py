@@ -20,7 +20,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import cv2
@@ -34,7 +34,8 @@ from moda_hub.render import mesh as mesh_lib
 from moda_hub.render import mouth as mouth_lib
 from moda_hub.render.jit import compiled, warm_up_in_background
 from moda_hub.render.raster import affine_maps, triangle_affines
-from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back
+from moda_hub.render.crop import CropBox, Feather, crop_texture, face_crop_box, feather_mask, paste_back, \
+    paste_region
 
 @dataclass
 class PreparedPortrait:
@@ -103,6 +104,13 @@ class PreparedPortrait:
         if self.full_image is not None:
             return self.full_image.shape[:2]
         return self.box.height, self.box.width
+
+    @property
+    def paste_region(self) -> Optional[tuple[int, int, int, int]]:
+        """(x0, y0, x1, y1) even full-image pixels: the only part of a pasted-back frame that
+        differs from the portrait (see :func:`~moda_hub.render.crop.paste_region`); None for
+        crops and odd-sized portraits."""
+        return paste_region(self.box) if self.full_image is not None else None
 
     def to_output_px(self, landmarks_px: np.ndarray) -> np.ndarray:
         """Full-portrait pixels (..., 2 or 3) -> pixels of the rendered frames."""
@@ -268,7 +276,7 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ render
     def render(self, prepared: PreparedPortrait, landmarks_px: np.ndarray,
-               torso_offset_px: Optional[np.ndarray] = None) -> np.ndarray:
+               torso_offset_px: Optional[np.ndarray] = None, region_only: bool = False) -> np.ndarray:
         """Render frames of the prepared portrait driven by face meshes.
 
         Args:
@@ -276,21 +284,36 @@ class WarpRenderer(SchedulerMixin, ConfigMixin):
             landmarks_px ((T, 478, 3) or (478, 3) float): meshes in full-portrait pixels.
             torso_offset_px ((T, 2) float, optional): x, y shift of the upper body, full-portrait
                 pixels; None keeps the torso still.
+            region_only (bool, default False): for full-image output, return only
+                ``prepared.paste_region`` of each frame (the rest of every frame is the portrait
+                itself): what an encoder needs to build the full frames one at a time, without
+                photo-sized frames in flight. Needs a ``paste_region`` (not None).
 
         Returns:
-            (T, h, w, 3) uint8: square crops (output_size > 0) or full portraits (output_size 0).
+            (T, h, w, 3) uint8: square crops (output_size > 0), full portraits (output_size 0),
+            or with ``region_only`` the frames' ``[y0:y1, x0:x1]`` for the paste region.
         """
         lm, torso = frame_meshes(landmarks_px, torso_offset_px)
         T = len(lm)
         if torso is None:
             torso = np.zeros((T, 2), np.float32)
         h, w = prepared.output_hw
+        image, box = prepared.full_image, prepared.box
+        if region_only:
+            region = prepared.paste_region
+            if region is None:
+                raise InvalidParameterError("region_only needs a full-image portrait (output_size=0) of even "
+                                            "width and height — render whole frames instead")
+            x0, y0, x1, y1 = region
+            h, w = y1 - y0, x1 - x0                # the same paste-back, in region coordinates
+            image = image[y0:y1, x0:x1]
+            box = replace(box, x0=box.x0 - x0, y0=box.y0 - y0, image_hw=(h, w))
         frames = np.empty((T, h, w, 3), np.uint8)
 
         def one(t: int) -> None:
-            if prepared.full_image is not None:
+            if image is not None:
                 canvas = self._render_canvas(prepared, lm[t], torso[t])
-                paste_back(prepared.full_image, canvas, prepared.box, prepared.paste_mask, out=frames[t])
+                paste_back(image, canvas, box, prepared.paste_mask, out=frames[t])
             else:       # a crop is the canvas itself: draw straight into the output frame
                 self._render_canvas(prepared, lm[t], torso[t], out=frames[t])
 
