@@ -19,6 +19,7 @@ from diffusers.utils import BaseOutput
 
 from .errors import InvalidParameterError, WeightsError
 from .face.expression import relax_expression
+from .face.lip_contact import keep_lips_apart
 from .face.pose import apply_head_offset, from_canonical, torso_to_px
 from .face.subject import Subject, prepare_subject
 from .models.audio_encoder import WhisperTinyEncoder
@@ -339,7 +340,8 @@ class ModaPipeline(DiffusionPipeline):
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
         dense = self.composer.dense_offsets(motion["lip"], motion["eye"], cond)       # (T, 478, 3), any chunking
-        return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
+        mesh = keep_lips_apart(subject.canonical[None] + dense)                       # lips meet, never cross
+        return from_canonical(mesh, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,
                output_size: Optional[int] = None, output_path: Optional[str] = None, overwrite: bool = False,
