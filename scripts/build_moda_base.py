@@ -43,6 +43,12 @@ def main(argv=None):
     ap.add_argument("--footage", default=None, help="real training footage (default ../shared/train)")
     ap.add_argument("--real-share", type=float, default=0.5,
                     help="share of stage-1 training windows from the real footage")
+    ap.add_argument("--lip-target", default="real-median",
+                    help="how far every speaker's lips move in training (see step 5): 'synthetic' (the "
+                         "synthetic rig's amplitude), 'real-median' (the median real training speaker's), or "
+                         "a number: that many times the median real training speaker's")
+    ap.add_argument("--reuse-composer", action="store_true",
+                    help="keep the stage-2 composer already trained in --work (development runs)")
     ap.add_argument("--audio-encoder", default=None,
                     help="audio_encoder component folder (default: <out>/audio_encoder)")
     ap.add_argument("--composer-steps", type=int, default=1750)
@@ -57,6 +63,8 @@ def main(argv=None):
                     help="torch threads of the training stages (1: on a 2-core machine shared with other "
                          "jobs, 2 threads ran 5-10x slower than 1, measured 2026-12-05)")
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="stop after preparing the real footage and the synthetic corpus (caches in --work)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -67,7 +75,7 @@ def main(argv=None):
     from moda_hub.data.video_dataset import add_encoder_states, prepare_videos
     from moda_hub.models.audio_encoder import WhisperTinyEncoder
     from moda_hub.speech_states import set_default_encoder
-    from moda_hub.training.corpus import MotionCorpus, mix_corpora, normalise_speakers, speaker_lip_scale
+    from moda_hub.training.corpus import MotionCorpus, lip_target, mix_corpora, normalise_speakers, speaker_lip_scale
     from moda_hub.training.train_composer import train_composer
     from moda_hub.training.train_moda import train_moda
     from moda_hub.weights import load_component
@@ -95,9 +103,12 @@ def main(argv=None):
         build_corpus(corpus, hours=args.hours, seed=args.seed, workers=args.workers)
     t_corpus = time.time() - t0
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
+    if args.prepare_only:
+        return 0
     # 4. stage 2
-    train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
-                   minutes=args.max_minutes, seed=args.seed, threads=args.threads)
+    if not (args.reuse_composer and os.path.exists(os.path.join(args.work, "composer.metrics.json"))):
+        train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
+                       minutes=args.max_minutes, seed=args.seed, threads=args.threads)
     # 5. stage 1 on real + synthetic, real speakers' lip motion scaled to the synthetic corpus's
     kind = "whisper-tiny"
     synth, synth_val = MotionCorpus(corpus, "train", kind), MotionCorpus(corpus, "val", kind)
@@ -106,12 +117,15 @@ def main(argv=None):
     for c in (real_train, real_val):
         for u in c.utterances:
             u["speaker"] = train_footage.speaker_of(u["speaker"], sources.get(u["speaker"], ""))
-    # every real training speaker's lips, and the synthetic rig's, moved as far as the median real speaker
-    scales = speaker_lip_scale(real_train)
-    target = float(np.median(list(scales.values())))
+    # every real training speaker's lips, and the synthetic rig's, moved as far as --lip-target
+    try:
+        target = lip_target(args.lip_target, speaker_lip_scale(real_train),
+                            speaker_lip_scale(synth, lambda u: "synthetic")["synthetic"])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     factors = normalise_speakers(real_train, target)
     factors["synthetic"] = normalise_speakers(synth, target, lambda u: "synthetic")["synthetic"]
-    print(f"lip motion scaled to the median real speaker's ({target:.4f} canonical units): " + ", ".join(
+    print(f"lip motion scaled to {args.lip_target} ({target:.4f} canonical units): " + ", ".join(
         f"{s} x{f:.2f}" for s, f in sorted(factors.items()) if not s.startswith("grid-")), flush=True)
     train = mix_corpora([synth, real_train], [1 - args.real_share, args.real_share])
     train_moda((train, real_val, synth_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
@@ -127,7 +141,7 @@ def main(argv=None):
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
                "hours": args.hours, "seed": args.seed,
                "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "real_share": args.real_share,
-               "features": kind, "lip_factors": factors, "ema_decay": args.ema_decay, "torch": torch.__version__,
+               "features": kind, "lip_target": args.lip_target, "lip_factors": factors, "ema_decay": args.ema_decay, "torch": torch.__version__,
                **times}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:
