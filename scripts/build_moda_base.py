@@ -8,16 +8,29 @@ Steps (each printed with its time; ``runs/moda-base/build_summary.json`` records
    ``scripts/convert_whisper_encoder.py``) is read from ``--audio-encoder`` (default: the one in
    ``--out``) and written back into the new folder unchanged;
 2. real talking faces: ``moda prepare video`` over ``../shared/train`` (GRID, CREMA-D; the
-   speaker split of ``moda_hub.data.train_footage``: s4, s16, s27 held out for validation),
+   speaker split of ``moda_hub.data.train_footage``: GRID s4, s16, s27 and CREMA-D 1001 held out
+   for validation),
    cached in ``runs/moda-base/real`` (a resumed run skips prepared videos), plus the encoder's
    states of each clip's audio;
 3. the synthetic corpus (espeak-ng voices on the face rig, with the encoder's states) in
    ``runs/moda-base/corpus`` (``--reuse-corpus`` keeps an existing one);
 4. stage 2 (composer) on the synthetic corpus;
 5. stage 1 (``features="whisper-tiny"``) on both: ``--real-share`` of the training windows from
-   the real footage, each real speaker's lip motion scaled to the synthetic corpus's
-   (``moda_hub.training.corpus.normalise_speakers``; the synthetic rig's too), the rest synthetic (head, eyes, blinks and
-   the one-to-many latent, phonetic coverage); validated on the held-out real speakers.
+   the real footage, the rest synthetic (head, eyes, blinks and the one-to-many latent, phonetic
+   coverage); every real speaker's lip motion, and the synthetic rig's, scaled to one amplitude,
+   ``--lip-target`` (``moda_hub.training.corpus.normalise_speakers``); validated on the held-out
+   real speakers.
+
+The lip amplitude. Faces and trackers move lips by different amounts, so each speaker is scaled
+to one amplitude; which one sets how far the generated mouth moves (stage 1 normalises its
+targets, so another target trains the same network with its lips scaled: on the validation
+speakers lip-sync r is unchanged and the movement depth scales with it — measured). Read GRID
+commands move the lips less than freer speech (the held-out CREMA-D actor moves 1.73x as far as
+the median GRID training speaker), so the median real speaker's amplitude (the default) gives a
+mouth that moves too little on conversational speech; ``--lip-target 1.77`` balances the
+validation depth of GRID and CREMA-D (geometric mean 1) but is not the default: with it, lips cross
+(upper inner lip below the lower) on portraits photographed with the mouth open, and lip-sync on
+such faces falls (model_cards/moda-base.md, "Follow-up"). Raise it once the lips cannot cross.
 
 Training runs a fixed number of steps, not a time budget, so the same command gives the same
 weights however busy the machine is (``--max-minutes`` caps a stage's time for quick looks; a
@@ -46,7 +59,8 @@ def main(argv=None):
     ap.add_argument("--lip-target", default="real-median",
                     help="how far every speaker's lips move in training (see step 5): 'synthetic' (the "
                          "synthetic rig's amplitude), 'real-median' (the median real training speaker's), or "
-                         "a number: that many times the median real training speaker's")
+                         "a number: that many times the median real training speaker's (1.77 balances the "
+                         "validation movement depth of read GRID and acted CREMA-D speech, but see the docstring)")
     ap.add_argument("--reuse-composer", action="store_true",
                     help="keep the stage-2 composer already trained in --work (development runs)")
     ap.add_argument("--audio-encoder", default=None,
