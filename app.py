@@ -28,17 +28,22 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from moda_hub.errors import InputTooLongError, InvalidParameterError, ModaError  # noqa: E402
 from moda_hub.face import detect_faces, face_box  # noqa: E402
 from moda_hub.face.image import load_image  # noqa: E402
 from moda_hub.face.subject import MAX_IMAGE_SIDE  # noqa: E402
+from moda_hub.options import OPTIONS, GenerateOptions  # noqa: E402
+from moda_hub.pipeline import ModaPipeline  # noqa: E402
 from moda_hub.space import (AnimateOptions, OutputStore, SpaceConfig, animate, faces_preview,  # noqa: E402
                             load_speech, motion_figure)
+from moda_hub.space.animate import MAX_SEED, MAX_VARIATIONS  # noqa: E402
+from moda_hub.speech.espeak import list_voices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
-DEFAULT_MODEL = ROOT / "pretrained" / "moda-base"
+DEFAULTS = GenerateOptions()
 log = logging.getLogger("moda.app")
 
 # English voices first (label, espeak-ng voice); any other espeak-ng voice can be typed in.
@@ -46,7 +51,9 @@ VOICES = [("English (US), male", "en-us"), ("English (US), female", "en-us+f3"),
           ("English (US), male 3", "en-us+m3"), ("English (UK), male", "en"),
           ("English (UK), female", "en+f2"), ("English (Scotland)", "en-GB-scotland"),
           ("English (Caribbean)", "en-029")]
-SIZES = [("256 px face crop", 256), ("512 px face crop", 512), ("Full image (pasted back)", 0)]
+#: output_size choices; -1 = automatic (None: the full image up to 1 megapixel, else a 512 px crop)
+SIZES = [("Automatic (full image up to 1 MP, else 512 px crop)", -1), ("256 px face crop", 256),
+         ("512 px face crop", 512), ("Full image (pasted back)", 0)]
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],        # local fonts only:
                        font_mono=["ui-monospace", "Consolas", "monospace"])    # no font CDN requests
 CSS = "#seed-row {align-items: end}"
@@ -130,9 +137,10 @@ def _options(seed, temperature, variations, fps, output_size, mouth_scale, head_
         return int(value)
 
     face_index = None if face_index is None or int(face_index) < 0 else whole("face index", face_index)
+    output_size = None if output_size is None or int(output_size) < 0 else whole("output size", output_size)
     return AnimateOptions(seed=whole("seed", seed), temperature=float(temperature),
                           variations=whole("variations", variations), fps=whole("fps", fps),
-                          output_size=whole("output size", output_size), mouth_scale=float(mouth_scale),
+                          output_size=output_size, mouth_scale=float(mouth_scale),
                           head_motion_scale=float(head_motion_scale), blink_rate=float(blink_rate),
                           still=bool(still), face_index=face_index, expression_scale=float(expression_scale))
 
@@ -166,11 +174,14 @@ def make_handlers(pipe, cfg: SpaceConfig, store: OutputStore):
         return (results[0].video_path, gr.Gallery(value=gallery, visible=len(results) > 1),
                 results[0].mesh_video_path, figure, [r.npz_path for r in results])
 
-    def animate_api(portrait, audio=None, text=None, seed=0, temperature=1.0, fps=30, output_size=256,
-                    mouth_scale=1.0, head_motion_scale=1.0, blink_rate=17.0, still=False, face_index=-1,
-                    voice="en-us", speech_rate=165, expression_scale=1.0, progress=gr.Progress()):
+    def animate_api(portrait, audio=None, text=None, seed=DEFAULTS.seed, temperature=DEFAULTS.temperature,
+                    fps=DEFAULTS.fps, output_size=-1, mouth_scale=DEFAULTS.mouth_scale,
+                    head_motion_scale=DEFAULTS.head_motion_scale, blink_rate=DEFAULTS.blink_rate,
+                    still=DEFAULTS.still, face_index=-1, voice=DEFAULTS.voice, speech_rate=DEFAULTS.speech_rate,
+                    expression_scale=DEFAULTS.expression_scale, progress=gr.Progress()):
         """One video (MP4 with the speech) of `portrait` saying `audio` or `text` (give one).
-        face_index -1 = the largest face; output_size 256 / 512 (face crop) or 0 (full image);
+        face_index -1 = the largest face; output_size 256 / 512 (face crop), 0 (full image) or -1
+        (automatic: the full image up to 1 megapixel, else a 512 crop);
         expression_scale 1 = the portrait's expression as photographed, 0 = a neutral mouth and brows."""
         with user_errors(cfg):
             _check_portrait(portrait)
@@ -233,7 +244,6 @@ def voice_choices():
     """VOICES, then every other espeak-ng voice (when espeak-ng is installed)."""
     choices = list(VOICES)
     try:
-        from moda_hub.espeak import list_voices
         known = {v.lower() for _, v in choices}
         choices += [(v.name, v.key) for v in list_voices() if v.key.lower() not in known]
     except Exception as err:  # espeak-ng missing: text input will say so when used
@@ -334,34 +344,40 @@ def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
                         text = gr.Textbox(label="Text to speak (espeak-ng)", lines=3, max_length=2000,
                                           placeholder="Hello! I am a talking portrait.", elem_id="text")
                         with gr.Row():
-                            voice = gr.Dropdown(voice_choices(), value="en-us", label="Voice",
+                            voice = gr.Dropdown(voice_choices(), value=DEFAULTS.voice, label="Voice",
                                                 allow_custom_value=True)
-                            speech_rate = gr.Slider(80, 300, value=165, step=5, precision=0,
-                                                    label="Speaking rate (words/min)")
+                            speech_rate = gr.Slider(*OPTIONS["speech_rate"].range, value=DEFAULTS.speech_rate,
+                                                    step=5, precision=0, label="Speaking rate (words/min)")
                 gr.Examples([[str(EXAMPLES / "portrait.png"), str(EXAMPLES / "speech.wav")]],
                             inputs=[portrait, audio], label="Example")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Sampling", open=True):
                     with gr.Row(elem_id="seed-row"):
-                        seed = gr.Number(0, label="Seed (blinks and head motion)", precision=0,
-                                         minimum=0, maximum=2 ** 31 - 1, elem_id="seed")
+                        seed = gr.Number(DEFAULTS.seed, label="Seed (blinks and head motion)", precision=0,
+                                         minimum=OPTIONS["seed"].range[0], maximum=MAX_SEED, elem_id="seed")
                         random_seed = gr.Button("Random seed", elem_id="random-seed", scale=0, size="md")
-                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature",
+                    temperature = gr.Slider(*OPTIONS["temperature"].range, value=DEFAULTS.temperature, step=0.05,
+                                            label="Temperature",
                                             info="0 = the mean motion; higher = livelier")
-                    variations = gr.Slider(1, 4, value=1, step=1, precision=0, label="Variations",
+                    variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, precision=0, label="Variations",
                                            info="videos with seeds seed, seed+1, …", elem_id="num-variations")
                 with gr.Accordion("Render", open=True):
                     with gr.Row():
-                        fps = gr.Radio([25, 30], value=30, label="Frames per second")
-                        output_size = gr.Radio(SIZES, value=256, label="Output size")
-                    mouth_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Mouth amplitude")
-                    expression_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Expression kept",
+                        fps = gr.Radio(list(OPTIONS["fps"].choices), value=DEFAULTS.fps, label="Frames per second")
+                        output_size = gr.Radio(SIZES, value=-1 if DEFAULTS.output_size is None else DEFAULTS.output_size,
+                                               label="Output size")
+                    mouth_scale = gr.Slider(*OPTIONS["mouth_scale"].range, value=DEFAULTS.mouth_scale, step=0.05,
+                                            label="Mouth amplitude")
+                    expression_scale = gr.Slider(*OPTIONS["expression_scale"].range, value=DEFAULTS.expression_scale,
+                                                 step=0.05, label="Expression kept",
                                                  info="1 = the portrait's own smile or frown as photographed; "
                                                       "0 = a neutral mouth and brows", elem_id="expression-scale")
-                    head_motion_scale = gr.Slider(0.0, 3.0, value=1.0, step=0.05, label="Head motion")
-                    blink_rate = gr.Slider(0, 40, value=17, step=1, label="Blinks per minute")
+                    head_motion_scale = gr.Slider(*OPTIONS["head_motion_scale"].range, value=DEFAULTS.head_motion_scale,
+                                                  step=0.05, label="Head motion")
+                    blink_rate = gr.Slider(*OPTIONS["blink_rate"].range, value=DEFAULTS.blink_rate, step=1,
+                                           label="Blinks per minute")
                     with gr.Row():
-                        still = gr.Checkbox(False, label="Still (head and body do not move)")
+                        still = gr.Checkbox(DEFAULTS.still, label="Still (head and body do not move)")
                         face_index = gr.Number(-1, label="Face index", precision=0, minimum=-1,
                                                info="-1 = the largest face", elem_id="face-index")
             with gr.Column(scale=1):
@@ -395,41 +411,26 @@ def build_demo(pipe, cfg: SpaceConfig) -> gr.Blocks:
     return demo
 
 
-def load_pipeline(cfg: SpaceConfig):
-    """The pipeline from ``cfg.model`` (a folder or a Hub id); SystemExit with a clear message
-    when a local folder is missing."""
-    import torch
-
-    from moda_hub import ModaPipeline
-
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    looks_local = os.path.isabs(cfg.model) or cfg.model.startswith(".") or os.path.exists(cfg.model)
-    if looks_local and not os.path.isfile(os.path.join(cfg.model, "model_index.json")):
-        raise SystemExit(f"error: no pipeline at {cfg.model!r} (model_index.json missing) — run "
-                         "`make train`, or set MODA_MODEL / --model to a pipeline folder or Hub repo id")
-    pipe = ModaPipeline.from_pretrained(cfg.model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="moda-hub Gradio Space")
     p.add_argument("--host", help="address to listen on (default MODA_HOST, GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default MODA_PORT, GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--model", help=f"pipeline folder or Hub id (default MODA_MODEL or {DEFAULT_MODEL})")
+    p.add_argument("--model", help="pipeline folder or Hub id (default MODA_MODEL or the shipped pretrained/moda-base)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    model = args.model or os.environ.get("MODA_MODEL") or str(DEFAULT_MODEL)
     try:
-        cfg = SpaceConfig.from_env(host=args.host, port=args.port, model=model)
+        cfg = SpaceConfig.from_env(host=args.host, port=args.port, model=args.model)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        pipe = ModaPipeline.from_pretrained(cfg.model)    # a missing folder or weights: WeightsError, one line
     except ModaError as err:
-        raise SystemExit(f"error: {err}")
-    pipe = load_pipeline(cfg)
+        raise SystemExit(f"error: {err} — run `make train`, or set MODA_MODEL / --model to a pipeline folder or "
+                         "Hub repo id")
+    pipe.set_progress_bar_config(disable=True)
     demo = build_demo(pipe, cfg)
     log.info("serving %s on http://%s:%d (concurrency %d, queue %d)", cfg.model, cfg.host, cfg.port,
              cfg.concurrency, cfg.max_queue)

@@ -23,7 +23,7 @@ with a timer around each stage:
 - ``decode``    audio decode (``load_audio``, ffmpeg)
 - ``logmel``    log-mel features; ``phones``: pocketsphinx phone recognition + phone stream
 - ``audio_encoder`` the ``audio_encoder`` component (Whisper log-mel of the clip + its encoder
-  windows, ``moda_hub.speech_states``) for pipelines whose stage 1 hears ``"whisper-tiny"``
+  windows, ``moda_hub.speech.speech_states``) for pipelines whose stage 1 hears ``"whisper-tiny"``
 - ``stage1``    MODA (``moda.sample_latent`` + ``moda.generate``); ``stage2``: composer + head pose
   (``compose_landmarks``)
 - ``render``    ``renderer.render`` (+ ``render_prepare``)
@@ -126,7 +126,7 @@ def _cpu_times():
 def _phone_worker_cpu() -> float:
     """CPU seconds of the phone-recognition helper process (alive, so not in RUSAGE_CHILDREN)."""
     import psutil
-    from moda_hub.phone_worker import shared_worker
+    from moda_hub.speech.phone_worker import shared_worker
     worker = shared_worker()
     if worker is None:
         return 0.0
@@ -225,20 +225,20 @@ class StageClock:
 
 
 def instrument(pipe, writer_cls) -> StageClock:
-    import moda_hub.features
-    import moda_hub.phones
+    import moda_hub.speech.features
+    import moda_hub.speech.phones
     import moda_hub.pipeline
     import moda_hub.video
     clock = StageClock()
     clock.wrap(moda_hub.pipeline, "prepare_subject", "face")
     clock.wrap(moda_hub.pipeline, "load_audio", "decode")
-    clock.wrap(moda_hub.features, "audio_features", "logmel")
-    clock.wrap(moda_hub.phones, "phone_stream", "phones")               # in this process
-    clock.wrap(moda_hub.features.FeatureTable, "_worker_rows", "phones")  # waiting for the phone worker
+    clock.wrap(moda_hub.speech.features, "audio_features", "logmel")
+    clock.wrap(moda_hub.speech.phones, "phone_stream", "phones")               # in this process
+    clock.wrap(moda_hub.speech.features.FeatureTable, "_worker_rows", "phones")  # waiting for the phone worker
     if getattr(pipe, "audio_encoder", None) is not None:                 # Whisper log-mel + encoder windows
-        import moda_hub.speech_states
-        clock.wrap(moda_hub.speech_states.EncoderStates, "__init__", "audio_encoder")
-        clock.wrap(moda_hub.speech_states.EncoderStates, "_encode_next", "audio_encoder")
+        import moda_hub.speech.speech_states
+        clock.wrap(moda_hub.speech.speech_states.EncoderStates, "__init__", "audio_encoder")
+        clock.wrap(moda_hub.speech.speech_states.EncoderStates, "_encode_next", "audio_encoder")
     clock.wrap(pipe.moda, "sample_latent", "stage1")
     clock.wrap(pipe.moda, "generate", "stage1")
     clock.wrap(pipe, "compose_landmarks", "stage2")
@@ -271,7 +271,7 @@ def make_inputs(durations) -> dict:
         photo.save(paths["photo_4000x3000.png"])
     base = os.path.join(INPUTS, "speech_base.wav")
     if not os.path.exists(base):
-        from moda_hub.audio import synthesize_speech
+        from moda_hub.speech.audio import synthesize_speech
         wav = synthesize_speech(BENCH_TEXT, voice="en-us", rate=165, sample_rate=SAMPLE_RATE)
         sf.write(base, wav, SAMPLE_RATE, subtype="PCM_16")
     speech, _ = sf.read(base, dtype="float32")
@@ -420,7 +420,7 @@ def worker(spec: dict) -> dict:
 
     # the encode-only floor: same frame count, encoder settings and audio, through Mp4Writer
     if wav is None:
-        from moda_hub.audio import load_audio
+        from moda_hub.speech.audio import load_audio
         wav = load_audio(spec["audio"])
     sample = np.stack(list(iter_video_frames(out_path, max_frames=64)))
     if len(sample) < 64:                              # ping-pong so the cycle has no cut

@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
 
     import torch
     from moda_hub import ModaPipeline
-    from moda_hub.audio import load_audio
+    from moda_hub.speech.audio import load_audio
     from moda_hub.errors import ModaError
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

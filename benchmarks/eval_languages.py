@@ -9,9 +9,9 @@ animates ``examples/portrait.png`` with it (landmarks only, seed 0). Per languag
   distance) over the same for English — how far the mouth moves next to English speech
   (a collapse to a fixed pose gives ~0);
 - ``r_rms``: best-lag (+-3 frames) Pearson r of the aperture with the speech's loudness envelope
-  (``moda_hub.audio.rms_envelope``): does the mouth open when there is voice and close in the pauses;
+  (``moda_hub.speech.audio.rms_envelope``): does the mouth open when there is voice and close in the pauses;
 - ``speech_open`` / ``pause_open``: mean aperture over frames with speech / the pauses between
-  sentences (``moda_hub.blinks.speech_pauses``).
+  sentences (``moda_hub.motion.blinks.speech_pauses``).
 
 No ground truth exists for synthetic speech, so these say "moves with the speech, no collapse",
 not "correct visemes". Not a test: a measurement (prints a table, writes JSON).
@@ -49,8 +49,8 @@ def main(argv=None):
     import torch
 
     from moda_hub import ModaPipeline
-    from moda_hub.audio import rms_envelope, synthesize_speech
-    from moda_hub.blinks import speech_pauses
+    from moda_hub.speech.audio import rms_envelope, synthesize_speech
+    from moda_hub.motion.blinks import speech_pauses
     from moda_hub.evaluation import pearson_best_lag
     from moda_hub.face.topology import mouth_aperture
 

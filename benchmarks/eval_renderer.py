@@ -186,7 +186,7 @@ def main(argv=None):
         neural_s_per_frame=float(np.mean([r["neural_s_per_frame"] for r in rows])),
         warp_s_per_frame=float(np.mean([r["warp_s_per_frame"] for r in rows])))
     # 4. lip-sync with stage 1 driving each renderer
-    from moda_hub.audio import load_audio, rms_envelope
+    from moda_hub.speech.audio import load_audio, rms_envelope
 
     base = ModaPipeline.from_pretrained(args.base)
     base.set_progress_bar_config(disable=True)

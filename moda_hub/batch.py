@@ -10,7 +10,8 @@ process then works on the CPU (``PartialState(cpu=True)``, gloo backend). ``acce
 there needs an MPI hostfile), so it is not a way to use two processes.
 
 Manifest (CSV with a header row, UTF-8 or UTF-16 with a BOM, comma- or tab-separated; empty
-cells take the default; a cell longer than :data:`MAX_CELL_CHARS` makes its row fail, naming the
+cells take the option's default, and every option's range is the pipeline's (both in
+:mod:`moda_hub.options`); a cell longer than :data:`MAX_CELL_CHARS` makes its row fail, naming the
 row and the column; a file that is not text fails at once, naming the line):
 
 ==================  ===========================================================================
@@ -18,19 +19,18 @@ column              meaning
 ==================  ===========================================================================
 image (required)    portrait file; relative paths are relative to the manifest's folder
 audio | text        speech file, or text spoken by espeak-ng (exactly one per row)
-seed                generator seed (default 0)
-fps                 25 or 30 (24, 50, 60 also work; default 30)
-size                256 or 512 face crop, 0 = full image pasted back (default: the full image up
-                    to 1 megapixel, else the renderer's 512 crop)
-still               1/true/yes: head and torso still (default false)
-blink_rate          blinks per minute (default 17)
-head_motion_scale   head and torso motion amplitude (default 1)
-mouth_scale         lip motion amplitude (default 1)
-temperature         latent scale, 0 = mean motion (default 1)
-voice               espeak-ng voice for ``text`` (default en-us)
-speech_rate         words per minute for ``text`` (default 165)
-face_index          which face, left to right (default: the largest)
-expression_scale    how much of the portrait's own expression is kept: 1 as photographed (default),
+seed                generator seed
+fps                 25 or 30 (24, 50, 60 also work)
+size                256 or 512 face crop, 0 = full image pasted back
+still               1/true/yes: head and torso still
+blink_rate          blinks per minute
+head_motion_scale   head and torso motion amplitude
+mouth_scale         lip motion amplitude
+temperature         latent scale, 0 = mean motion
+voice               espeak-ng voice for ``text``
+speech_rate         words per minute for ``text``
+face_index          which face, left to right
+expression_scale    how much of the portrait's own expression is kept: 1 as photographed,
                     0 a neutral mouth and brows, up to 1.5
 ==================  ===========================================================================
 
@@ -75,7 +75,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from .errors import InvalidParameterError, ModaError, OutputPathError
+from .options import DEFAULT_MODEL, OPTIONS, SEED_RANGE, check_speech_source
 from .output_paths import check_output_dir
+from .pipeline import ModaPipeline
 
 MANIFEST_COLUMNS = ("image", "audio", "text", "seed", "fps", "size", "still", "blink_rate",
                     "head_motion_scale", "mouth_scale", "temperature", "voice", "speech_rate",
@@ -98,14 +100,15 @@ def _to_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a yes/no value — use 1/0, true/false or yes/no")
 
 
-# column -> (pipeline keyword, parser)
+# column -> (pipeline keyword, parser); an empty cell leaves the option at its default (moda_hub.options)
+_COLUMN_OPTIONS = {"fps": "fps", "size": "output_size", "still": "still", "blink_rate": "blink_rate",
+                   "head_motion_scale": "head_motion_scale", "mouth_scale": "mouth_scale",
+                   "temperature": "temperature", "voice": "voice", "speech_rate": "speech_rate",
+                   "face_index": "face_index", "expression_scale": "expression_scale"}
+_PARSERS = {bool: _to_bool, type(None): int}
 _CONTROLS: Dict[str, tuple] = {
-    "fps": ("fps", int), "size": ("output_size", int), "still": ("still", _to_bool),
-    "blink_rate": ("blink_rate", float), "head_motion_scale": ("head_motion_scale", float),
-    "mouth_scale": ("mouth_scale", float), "temperature": ("temperature", float),
-    "voice": ("voice", str), "speech_rate": ("speech_rate", int), "face_index": ("face_index", int),
-    "expression_scale": ("expression_scale", float),
-}
+    column: (name, _PARSERS.get(type(OPTIONS[name].default), type(OPTIONS[name].default)))
+    for column, name in _COLUMN_OPTIONS.items()}
 
 
 @dataclass
@@ -206,12 +209,15 @@ def read_manifest(path: str | os.PathLike) -> List[BatchRow]:
                      "CSV)" for column, value in rec.items() if "\x00" in value]
         if not image:
             problems.append("the image cell is empty")
-        if (audio is None) == (text is None):
-            problems.append("give exactly one of audio or text")
         try:
-            row.seed = int(rec["seed"]) if rec.get("seed") else 0
-            if not 0 <= row.seed < 2 ** 63:
-                raise ValueError(f"seed {row.seed} is out of range 0 .. 2**63-1")
+            check_speech_source(audio, text, none_message="give exactly one of audio or text",
+                                both_message="give exactly one of audio or text")
+        except InvalidParameterError as err:
+            problems.append(str(err))
+        try:
+            row.seed = int(rec["seed"]) if rec.get("seed") else OPTIONS["seed"].default
+            if not SEED_RANGE[0] <= row.seed <= SEED_RANGE[1]:
+                raise ValueError(f"seed {row.seed} is out of range {SEED_RANGE[0]} .. 2**63-1")
         except ValueError as err:
             problems.append(f"seed: {err}")
         for column, (keyword, parse) in _CONTROLS.items():
@@ -306,10 +312,7 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, model: Op
 
     out_dir = check_output_dir(out_dir)     # an existing file, an uncreatable folder: one line, before work
     rows = read_manifest(manifest)          # every process parses; a bad manifest stops all alike
-    if model is None:
-        from .cli import DEFAULT_MODEL
-        model = DEFAULT_MODEL
-    model = str(model)
+    model = str(DEFAULT_MODEL if model is None else model)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
@@ -336,7 +339,6 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, model: Op
     generated, failed = 0, 0
     with state.split_between_processes(pending) as mine:
         if mine and pipe is None:
-            from .pipeline import ModaPipeline
             pipe = ModaPipeline.from_pretrained(model)
             if state.device.type != "cpu":
                 pipe = pipe.to(state.device)

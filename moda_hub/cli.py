@@ -11,8 +11,25 @@ import argparse
 import os
 import sys
 
-DEFAULT_MODEL = os.environ.get("MODA_MODEL", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "pretrained", "moda-base"))
+from .batch import run_batch
+from .errors import InvalidParameterError, ModaError
+from .evaluation import add_arguments as add_evaluate_arguments
+from .evaluation import run as run_evaluation
+from .native_logs import filter_native_stderr
+from .options import DEFAULT_MODEL, OPTIONS, GenerateOptions
+from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
+from .pipeline import ModaPipeline
+
+DEFAULTS = GenerateOptions()
+
+
+def _option(p, name: str, flag: str = None, **kwargs) -> None:
+    """``--name`` for the user option ``name``: type, default and help from :mod:`moda_hub.options`."""
+    spec = OPTIONS[name]
+    extra = f" ({spec.range[0]:g} to {spec.range[1]:g})" if spec.range and spec.range[1] is not None else \
+        (f" ({', '.join(map(str, spec.choices))})" if spec.choices else "")
+    kwargs.setdefault("type", type(spec.default) if spec.default is not None else int)
+    p.add_argument(flag or "--" + name.replace("_", "-"), default=spec.default, help=spec.help + extra, **kwargs)
 
 
 def _add_generate(sub):
@@ -25,21 +42,14 @@ def _add_generate(sub):
                    help="output MP4 path (.mp4 or .m4v); an existing MP4 there is replaced, any other file only "
                         "with --overwrite; never an input file, a device, FIFO or a link into another folder")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder or Hub id")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--size", type=int, default=None,
-                   help="256 or 512 face crop, 0 = full image (default: full image up to 1 megapixel, else 512)")
-    p.add_argument("--mouth-scale", type=float, default=1.0)
-    p.add_argument("--head-motion-scale", type=float, default=1.0)
-    p.add_argument("--blink-rate", type=float, default=17.0, help="blinks per minute")
-    p.add_argument("--still", action="store_true", help="head still, blinks and lips kept")
-    p.add_argument("--face-index", type=int, default=None, help="face left to right; default the largest")
-    p.add_argument("--expression-scale", type=float, default=1.0,
-                   help="how much of the portrait's own mouth and brow expression the speaking face keeps: "
-                        "1 as photographed, 0 a neutral mouth and brows (a broad smile fades), up to 1.5")
-    p.add_argument("--voice", default="en-us")
-    p.add_argument("--speech-rate", type=int, default=165)
+    for name in ("seed", "temperature", "fps"):
+        _option(p, name)
+    _option(p, "output_size", "--size", dest="output_size")
+    for name in ("mouth_scale", "head_motion_scale", "blink_rate"):
+        _option(p, name)
+    p.add_argument("--still", action="store_true", default=DEFAULTS.still, help=OPTIONS["still"].help)
+    for name in ("face_index", "expression_scale", "voice", "speech_rate"):
+        _option(p, name)
     p.add_argument("--landmarks", help="also save landmarks and motion to this .npz (written together with the "
                                        "video: both appear, or neither)")
     p.add_argument("--overwrite", action="store_true",
@@ -51,17 +61,15 @@ def _generate(args):
     import torch
     from tqdm.auto import tqdm
 
-    from .errors import InvalidParameterError
-    from .espeak import RATE_RANGE
-    from .output_paths import LANDMARKS, VIDEO, StagedOutputs, check_outputs
-    from .pipeline import ModaPipeline
 
     # cheap checks first: a bad seed, rate or output path fails before the weights load
-    if args.seed < 0 or args.seed >= 2 ** 63:   # torch.Generator().manual_seed raises beyond 2**64
-        raise InvalidParameterError(f"--seed {args.seed} is out of range — use 0 .. 2**63-1")
-    if args.text is not None and not RATE_RANGE[0] <= args.speech_rate <= RATE_RANGE[1]:
-        raise InvalidParameterError(f"--speech-rate {args.speech_rate} is out of range — use {RATE_RANGE[0]} to "
-                                    f"{RATE_RANGE[1]} words per minute (default 165)")
+    lo, hi = OPTIONS["seed"].range
+    if not lo <= args.seed <= hi:
+        raise InvalidParameterError(f"--seed {args.seed} is out of range — use {lo} .. 2**63-1")
+    lo, hi = OPTIONS["speech_rate"].range
+    if args.text is not None and not lo <= args.speech_rate <= hi:
+        raise InvalidParameterError(f"--speech-rate {args.speech_rate} is out of range — use {lo} to "
+                                    f"{hi} words per minute (default {DEFAULTS.speech_rate})")
     outputs = check_outputs({VIDEO: args.out, LANDMARKS: args.landmarks}, inputs=(args.image, args.audio),
                             overwrite=args.overwrite)
     pipe = ModaPipeline.from_pretrained(args.model)
@@ -78,7 +86,7 @@ def _generate(args):
                    temperature=args.temperature, mouth_scale=args.mouth_scale,
                    head_motion_scale=args.head_motion_scale, blink_rate=args.blink_rate, still=args.still,
                    fps=args.fps, face_index=args.face_index, expression_scale=args.expression_scale,
-                   output_size=args.size, output_type="mp4",
+                   output_size=args.output_size, output_type="mp4",
                    output_path=staged.stage(outputs[VIDEO], ".mp4"), callback=progress)
         bar.close()
         if LANDMARKS in outputs:
@@ -108,11 +116,13 @@ def _add_prepare(sub):
 
 
 def _prepare(args):
+    # corpus and training code is loaded only by these commands: `moda generate` runs without it
+    from .data.synthetic import build_corpus
+    from .data.video_dataset import list_videos, prepare_videos
+
     if args.what == "synthetic":
-        from .data.synthetic import build_corpus
         build_corpus(args.out, hours=args.hours, seed=args.seed, workers=args.workers)
     elif args.what == "video":
-        from .data.video_dataset import list_videos, prepare_videos
         fraction = args.val_fraction
         if args.val_count is not None:
             fraction = args.val_count / max(1, len(list_videos(args.inputs)))
@@ -153,8 +163,8 @@ def _add_train(sub):
 
 
 def _train(args):
-    from .errors import InvalidParameterError
     from .training import train_stage
+
     if args.threads is not None and args.threads < 1:
         raise InvalidParameterError(f"--threads {args.threads} — use 1 or more torch threads")
     options = {"threads": args.threads}
@@ -181,18 +191,11 @@ def _train(args):
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="lip-sync and motion metrics; prints a table, writes JSON")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--data", default=None, help="synthetic corpus (held-out voices)")
-    p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"))
-    p.add_argument("--val-data", default=os.path.join("runs", "moda-base", "real"),
-                   help="prepared real footage (make train): lip-sync on its validation speakers")
-    p.add_argument("--out", default="outputs/eval.json")
+    add_evaluate_arguments(sub.add_parser("evaluate", help="lip-sync and motion metrics; prints a table, writes JSON"))
 
 
 def _evaluate(args):
-    from .evaluation import evaluate
-    evaluate(args.model, data=args.data, eval_dir=args.eval_dir, out=args.out, val_data=args.val_data)
+    run_evaluation(args)
 
 
 def _add_batch(sub):
@@ -205,7 +208,6 @@ def _add_batch(sub):
 
 
 def _batch(args):
-    from .batch import run_batch
     run_batch(args.manifest, args.out, model=args.model)
 
 
@@ -229,13 +231,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
     if not args.verbose:   # stderr holds our progress and error lines, not library chatter
-        from .native_logs import filter_native_stderr
         filter_native_stderr()
     if not (args.debug or args.verbose):
         from diffusers.utils import logging as diffusers_logging
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
-    from .errors import ModaError
     try:
         COMMANDS[args.command][1](args)
     except ModaError as err:

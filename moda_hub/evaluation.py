@@ -11,14 +11,14 @@ Measures (all on landmarks, no rendering):
    both again against the ground truth lightly smoothed (Gaussian, sigma 1 frame), and how far the
    generated mouth moves next to the real one (:func:`movement_depth`: r ignores scale). Two naive
    baselines run next to the model, needing no model: the audio RMS envelope
-   (``moda_hub.audio.rms_envelope``) and recognised phones through a plain viseme-opening table
-   (:func:`moda_hub.phones.phone_opening_curve`).
+   (``moda_hub.speech.audio.rms_envelope``) and recognised phones through a plain viseme-opening table
+   (:func:`moda_hub.speech.phones.phone_opening_curve`).
 2. **Held-out synthetic utterances** (unseen voices) from a synthetic corpus folder
    (``moda_hub.data.synthetic``): mean L2 error of stage 1 over the 40 lip points, canonical units
    (outer-eye-corner distance = 1, so x100 is % of the inter-ocular distance).
 3. **One-to-many**: one portrait + one speech, two seeds: the mouth-aperture curves must agree
    (Pearson r >= 0.95) while the head moves differently (mean |pose difference| >= 1 degree).
-4. **Blinks per minute** on generated landmarks (eye openness + ``motion.count_blinks``).
+4. **Blinks per minute** on generated landmarks (eye openness + ``motion.blinks.count_blinks``).
 
 Lag convention: ``lag = +L`` means the prediction is *late* by ``L`` frames
 (``truth[t]`` is compared with ``pred[t + L]``).
@@ -34,6 +34,7 @@ Example:
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import math
@@ -43,14 +44,22 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from moda_hub.errors import ModaError
+from moda_hub.face.landmarks import FaceTracker
 from moda_hub.face.topology import eye_openness, mouth_aperture
+from moda_hub.motion.blinks import count_blinks
+from moda_hub.options import DEFAULT_MODEL, SAMPLE_RATE
+from moda_hub.pipeline import ModaPipeline
+from moda_hub.speech.audio import load_audio, rms_envelope
+from moda_hub.speech.features import ENCODER_KINDS, PHONE_COLUMNS
+from moda_hub.speech.phones import phone_opening_curve, recognize_phones
+from moda_hub.video import iter_video_frames, read_video_info
 
 __all__ = ["EVAL_FPS", "pearson", "pearson_best_lag", "smooth_nan", "lipsync_scores",
            "real_mouth_aperture", "movement_depth", "load_pipeline", "evaluate_real_clips", "evaluate_synthetic",
            "evaluate_one_to_many", "evaluate_blinks", "evaluate", "format_table", "main"]
 
 EVAL_FPS = 25                 # frames per second of the eval clips and of generation here
-SAMPLE_RATE = 16000
 GT_CACHE_VERSION = 1          # bump when the ground-truth measure changes
 MIN_R_ONE_TO_MANY = 0.95      # same audio, two seeds: lip curves must agree this well
 MIN_POSE_DIFF_DEG = 1.0       # ... while the head moves at least this differently on average
@@ -151,8 +160,6 @@ def real_mouth_aperture(clip_path: str, cache_dir: Optional[str] = "outputs/eval
                         return z["aperture"].astype(np.float64), z["first_frame"]
             except (OSError, KeyError, ValueError):
                 pass                                              # stale or broken: recompute
-    from moda_hub.face.landmarks import FaceTracker
-    from moda_hub.video import iter_video_frames, read_video_info
 
     fps = read_video_info(clip_path)["fps"]
     resample = None if fps and abs(fps - EVAL_FPS) < 1e-3 else EVAL_FPS
@@ -180,17 +187,13 @@ def load_pipeline(model_dir: Optional[str]):
     """``(pipe, None)`` when ``model_dir`` holds a loadable pipeline, else ``(None, reason)``.
 
     Missing or broken weights are a skip with the reason, never a result (``from_pretrained``
-    refuses to fill in random weights)."""
+    refuses to fill in random weights; it alone decides "folder or Hub id")."""
     if not model_dir:
         return None, "no model_dir given"
-    if os.path.isdir(model_dir) and not os.path.exists(os.path.join(model_dir, "model_index.json")):
-        return None, f"no trained weights in '{model_dir}' (model_index.json missing)"
-    head = model_dir.split("/")[0]
-    if not os.path.isdir(model_dir) and (model_dir.startswith((".", "/", "~")) or os.path.isdir(head)):
-        return None, f"no trained weights: '{model_dir}' does not exist"   # a local path, not a Hub id
     try:
-        from moda_hub import ModaPipeline
         pipe = ModaPipeline.from_pretrained(model_dir)
+    except ModaError as exc:
+        return None, f"no trained weights: {exc}"
     except Exception as exc:  # noqa: BLE001 - any load failure makes the model part a skip
         return None, f"could not load '{model_dir}': {type(exc).__name__}: {exc}"
     return pipe, None
@@ -228,8 +231,6 @@ def evaluate_real_clips(eval_dir: str, pipe=None, cache_dir: Optional[str] = "ou
         method, means over clips), ``model_beats_both`` (clips where the model's best-lag r
         beats both baselines'), ``phones_rtf`` (phone recognition wall time / audio time).
     """
-    from moda_hub.audio import load_audio, rms_envelope
-    from moda_hub.phones import phone_opening_curve, recognize_phones
 
     paths = list(clips) if clips is not None else sorted(glob.glob(os.path.join(eval_dir, "clips", "*.mp4")))
     if not paths:
@@ -306,8 +307,8 @@ def evaluate_synthetic(data: str, pipe, seed: int = 0, max_utterances: Optional[
     """
     import torch
 
+    # corpus code stays out of `moda generate` (the cli imports this module)
     from moda_hub.data.synthetic import load_utterances
-    from moda_hub.features import ENCODER_KINDS, PHONE_COLUMNS
 
     manifest = json.load(open(os.path.join(data, "manifest.json")))
     fps, model = manifest.get("fps"), pipe.moda
@@ -381,13 +382,12 @@ def evaluate_one_to_many(pipe, portrait, speech: str, seeds: Sequence[int] = (0,
 
 def evaluate_blinks(pipe, portrait, speech_files: Sequence[str], seed: int = 0,
                     _cache: Optional[Dict] = None) -> Dict:
-    """Blinks per minute on generated landmarks (eye openness + ``motion.count_blinks``).
+    """Blinks per minute on generated landmarks (eye openness + ``motion.blinks.count_blinks``).
 
     Returns:
         dict: ``files`` (per speech file: seconds, blinks, per_minute) and ``per_minute``
         (all blinks over all minutes). People blink about 15-20 times a minute when talking.
     """
-    from moda_hub.motion import count_blinks
 
     rows, blinks, minutes = [], 0, 0.0
     for path in speech_files:
@@ -423,7 +423,7 @@ def evaluate_val_speakers(prepared_dir: str, pipe=None, cache_dir: Optional[str]
         prepared_dir: the prepared video dataset (``moda prepare video``) whose ``val`` split
             names the clips (their source files must still exist).
     """
-    from moda_hub.data.train_footage import val_clips_by_speaker
+    from moda_hub.data.train_footage import val_clips_by_speaker   # (corpus code, as above)
 
     if not os.path.exists(os.path.join(prepared_dir, "manifest.json")):
         return {"skipped": f"no prepared footage at '{prepared_dir}'"}
@@ -605,30 +605,37 @@ def _lipsync_table(real: Dict, title: str) -> list:
     return lines
 
 
-def main(argv: Optional[Iterable[str]] = None) -> Dict:
-    """Command line: ``python -m moda_hub.evaluation [--model-dir ...] [--data ...]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", default="pretrained/moda-base",
+def add_arguments(p) -> None:
+    """The evaluation's command-line options (``moda evaluate`` and ``python -m moda_hub.evaluation``)."""
+    p.add_argument("--model", "--model-dir", dest="model", default=DEFAULT_MODEL,
                    help="pipeline folder or Hub id (baselines only when it has no weights)")
-    p.add_argument("--data", default=None, help="synthetic corpus folder with a val split")
-    p.add_argument("--eval-dir", default="../shared/eval/dev", help="real eval media folder")
+    p.add_argument("--data", default=None, help="synthetic corpus folder with a val split (held-out voices)")
+    p.add_argument("--eval-dir", default=os.path.join("..", "shared", "eval", "dev"), help="real eval media folder")
     p.add_argument("--out", default="outputs/eval.json", help="JSON report path")
     p.add_argument("--seeds", default="0,1", help="comma-separated generator seeds")
     p.add_argument("--cache-dir", default="outputs/eval_cache", help="ground-truth cache folder")
     p.add_argument("--max-lag", type=int, default=3, help="best-lag search range, frames")
     p.add_argument("--max-synthetic", type=int, default=None, help="at most this many val utterances")
-    p.add_argument("--val-data", default="runs/moda-base/real",
-                   help="prepared real footage: lip-sync on its validation speakers")
+    p.add_argument("--val-data", default=os.path.join("runs", "moda-base", "real"),
+                   help="prepared real footage (make train): lip-sync on its validation speakers")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    a = p.parse_args(list(argv) if argv is not None else None)
-    import torch
 
-    torch.set_num_threads(a.threads)
-    return evaluate(a.model_dir, a.data, a.eval_dir, a.out,
-                    tuple(int(s) for s in a.seeds.split(",") if s.strip()),
-                    a.cache_dir, a.max_lag, a.max_synthetic, val_data=a.val_data)
+
+def run(args) -> Dict:
+    """Run the evaluation with the options of :func:`add_arguments`."""
+    import torch                                    # ~1.3 s of import: not for `moda --help`
+
+    torch.set_num_threads(args.threads)
+    return evaluate(args.model, args.data, args.eval_dir, args.out,
+                    tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+                    args.cache_dir, args.max_lag, args.max_synthetic, val_data=args.val_data)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> Dict:
+    """Command line: ``python -m moda_hub.evaluation [--model ...] [--data ...]`` (= ``moda evaluate``)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(list(argv) if argv is not None else None))
 
 
 # ----------------------------------------------------------------------------- helpers

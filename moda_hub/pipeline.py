@@ -6,7 +6,6 @@ front-end; the maths lives there.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,23 +17,25 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .audio import load_audio, synthesize_speech
-from .blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
-from .features import ENCODER_KINDS, FeatureTable
-from .errors import InvalidParameterError
-from .face.expression import EXPRESSION_SCALE_RANGE, relax_expression
-from .face.pose import apply_head_offset, from_canonical
+from .errors import InvalidParameterError, WeightsError
+from .face.expression import relax_expression
+from .face.pose import apply_head_offset, from_canonical, torso_to_px
 from .face.subject import Subject, prepare_subject
 from .models.audio_encoder import WhisperTinyEncoder
 from .models.composer import FacialComposer
-from .models.moda import ModaModel
-from .motion import apply_controls, resample_motion, source_range
-from .phone_worker import shared_worker
+from .models.moda import ModaModel, blink_condition
+from .motion.blinks import apply_blinks, closed_eye_offsets, sample_blink_closure, speech_pauses
+from .motion.controls import apply_controls, resample_motion, source_range
+from .options import OPTIONS, SAMPLE_RATE, GenerateOptions, check_speech_source
 from .output_paths import VIDEO, check_output_file
 from .render.crop import default_output_size
+from .speech.audio import load_audio, synthesize_speech
+from .speech.features import ENCODER_KINDS, FeatureTable, PreparedSpeech, start_helpers
 from .video import Mp4Writer
+from .weights import load_pipeline, resolve_pipeline_folder
 
-SAMPLE_RATE = 16000
+#: Every option's default (:class:`moda_hub.options.GenerateOptions`): the signatures below read it.
+DEFAULTS = GenerateOptions()
 OUTPUT_TYPES = ("mp4", "np", "pil", "landmarks")
 #: Longest speech a call accepts by default, seconds (``max_audio_seconds=None`` lifts it).
 #: Checked before any work (from the file header for audio files).
@@ -76,12 +77,15 @@ class ModaStreamChunk:
     start: index of the chunk's first frame in the whole video.
     frames: (t, H, W, 3) uint8. landmarks: (t, 478, 3) float32 image pixels.
     motion: the chunk's motion (as in :class:`ModaPipelineOutput`). fps: frame rate.
+    portrait: the renderer's prepared portrait the frames come from (e.g. its ``to_output_px``
+    maps portrait pixels to frame pixels), None when not rendering.
     """
     start: int
     frames: np.ndarray
     landmarks: np.ndarray
     motion: Dict[str, np.ndarray]
     fps: float
+    portrait: object = None
 
 
 @dataclass
@@ -91,7 +95,7 @@ class _Session:
     wav: np.ndarray                   # (N,) float32, 16 kHz
     features: FeatureTable            # (T_model, F) at the model's fps, phones filled on demand
     cond: torch.Tensor                # (1434,) canonical units
-    extra: torch.Tensor               # (1,) blink rate / 20
+    extra: torch.Tensor               # (1,) ModaModel's blink condition
     latent: torch.Tensor              # (1, L, Z) ProbAttn latent for the whole clip
     num_frames: int                   # output frames, round(duration * fps)
     fps: int
@@ -130,13 +134,10 @@ class ModaPipeline(DiffusionPipeline):
         super().__init__()
         features = getattr(moda.config, "features", "")
         if features in ENCODER_KINDS and audio_encoder is None:
-            from .errors import WeightsError
-
             raise WeightsError(f"stage 1 hears {features!r} states but the pipeline has no audio_encoder "
                                "component — load the whole pipeline folder (its audio_encoder/ sub-folder)")
         self.register_modules(moda=moda, composer=composer, renderer=renderer, audio_encoder=audio_encoder)
-        if "phones" in features:
-            shared_worker()      # start the phone-recognition helper now, so it is ready by the first call
+        start_helpers(features)      # e.g. the phone-recognition helper, so it is ready by the first call
 
     # ------------------------------------------------------------------ Hub
     model_card: Optional[str] = None
@@ -154,8 +155,6 @@ class ModaPipeline(DiffusionPipeline):
         Every problem with the folder or its weights (missing file or tensor, corrupted or
         truncated safetensors, wrong shapes, NaN) raises ``WeightsError`` naming the file —
         never a pipeline with random weights (checks in :mod:`moda_hub.weights`)."""
-        from .weights import load_pipeline, resolve_pipeline_folder
-
         renderer = kwargs.pop("renderer", None)
         folder = resolve_pipeline_folder(pretrained_model_name_or_path, **kwargs)
         pipe = load_pipeline(cls, super().from_pretrained, folder, **kwargs)
@@ -181,36 +180,35 @@ class ModaPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     @staticmethod
     def check_inputs(audio, text, fps, output_type, temperature, mouth_scale, head_motion_scale,
-                     blink_rate, output_size, *, still=False, face_index=None, generator=None,
-                     max_audio_seconds=MAX_AUDIO_SECONDS, speech_rate=165, sample_rate=None, voice="en-us",
-                     expression_scale=1.0):
+                     blink_rate, output_size, *, still=DEFAULTS.still, face_index=DEFAULTS.face_index, generator=None,
+                     max_audio_seconds=MAX_AUDIO_SECONDS, speech_rate=DEFAULTS.speech_rate, sample_rate=None,
+                     voice=DEFAULTS.voice, expression_scale=DEFAULTS.expression_scale):
         """Check every parameter of a call before any work; raise InvalidParameterError naming the
         parameter, the value, the type or range expected and what to do.
 
         Numbers may be Python or numpy scalars (``np.float32(1.0)``); strings, booleans and other
         types where a number is expected are refused (``still="no"`` would otherwise read as True).
-        ``generator`` is None, a ``torch.Generator`` or a list of exactly one."""
-        if audio is None and text is None:
-            raise InvalidParameterError("no speech given — pass exactly one of `audio` (a file or samples) "
-                                        "or `text` to speak")
-        if audio is not None and text is not None:
-            raise InvalidParameterError("both `audio` and `text` were given — pass exactly one of them")
+        ``generator`` is None, a ``torch.Generator`` or a list of exactly one. Ranges and choices
+        are :mod:`moda_hub.options`'."""
+        check_speech_source(audio, text)
         if text is not None and not isinstance(text, str):
             raise InvalidParameterError(f"text is a {type(text).__name__} — pass the words to speak as a str")
-        if not _is_whole(fps) or int(fps) not in (24, 25, 30, 50, 60):
+        if not _is_whole(fps) or int(fps) not in OPTIONS["fps"].choices:
             raise InvalidParameterError(f"fps={fps!r} is not supported — use 25 or 30 (24, 50 and 60 also work)"
                                         + _type_hint(fps, "a whole number"))
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise InvalidParameterError(f"output_type={output_type!r} — use one of {', '.join(OUTPUT_TYPES)}")
-        for name, value, hi in (("temperature", temperature, 3.0), ("mouth_scale", mouth_scale, 3.0),
-                                ("head_motion_scale", head_motion_scale, 5.0), ("blink_rate", blink_rate, 60.0),
-                                ("expression_scale", expression_scale, EXPRESSION_SCALE_RANGE[1])):
+        for name, value in (("temperature", temperature), ("mouth_scale", mouth_scale),
+                            ("head_motion_scale", head_motion_scale), ("blink_rate", blink_rate),
+                            ("expression_scale", expression_scale)):
+            lo, hi = OPTIONS[name].range
             if not _is_number(value):
                 raise InvalidParameterError(f"{name}={value!r} is a {type(value).__name__} — pass a number "
-                                            f"(int or float) from 0 to {hi}")
-            if not np.isfinite(value) or not 0 <= value <= hi:
-                raise InvalidParameterError(f"{name}={value!r} is out of range — use a number from 0 to {hi}")
-        if output_size is not None and (not _is_whole(output_size) or int(output_size) not in (0, 256, 512)):
+                                            f"(int or float) from {lo:g} to {hi}")
+            if not np.isfinite(value) or not lo <= value <= hi:
+                raise InvalidParameterError(f"{name}={value!r} is out of range — use a number from {lo:g} to {hi}")
+        if output_size is not None and (not _is_whole(output_size)
+                                        or int(output_size) not in OPTIONS["output_size"].choices):
             raise InvalidParameterError(f"output_size={output_size!r} — use 256 or 512 (a face crop) or 0 (the full "
                                         "image)" + _type_hint(output_size, "a whole number"))
         if not isinstance(still, (bool, np.bool_)):
@@ -226,11 +224,10 @@ class ModaPipeline(DiffusionPipeline):
             raise InvalidParameterError(f"sample_rate={sample_rate!r} — pass the audio array's rate in Hz as a "
                                         "whole number, e.g. 16000" + _type_hint(sample_rate, "a whole number"))
         if text is not None:
-            from .espeak import RATE_RANGE
-            lo, hi = RATE_RANGE
+            lo, hi = OPTIONS["speech_rate"].range
             if not _is_whole(speech_rate) or not lo <= speech_rate <= hi:
                 raise InvalidParameterError(f"speech_rate={speech_rate!r} is out of range — use a whole number of "
-                                            f"words per minute from {lo} to {hi} (default 165)"
+                                            f"words per minute from {lo} to {hi} (default {DEFAULTS.speech_rate})"
                                             + _type_hint(speech_rate, "a whole number"))
             if not isinstance(voice, str):
                 raise InvalidParameterError(f"voice={voice!r} is a {type(voice).__name__} — pass an espeak-ng "
@@ -241,8 +238,8 @@ class ModaPipeline(DiffusionPipeline):
         """:meth:`check_inputs` with a call's keyword arguments (``kwargs`` as :meth:`prepare` takes them)."""
         if image is None:
             raise InvalidParameterError("no portrait given — pass `image` (a file path, PIL image or array)")
-        # the defaults are prepare()'s own, so they are written once (its signature)
-        get = {**_PREPARE_DEFAULTS, **kwargs}.get
+        # an option the call leaves out has its default (moda_hub.options)
+        get = {**dataclasses.asdict(DEFAULTS), "max_audio_seconds": MAX_AUDIO_SECONDS, **kwargs}.get
         self.check_inputs(audio, text, get("fps"), output_type, get("temperature"), get("mouth_scale"),
                           get("head_motion_scale"), get("blink_rate"), output_size, still=get("still"),
                           face_index=get("face_index"), generator=get("generator"),
@@ -251,41 +248,64 @@ class ModaPipeline(DiffusionPipeline):
                           expression_scale=get("expression_scale"))
 
     # ------------------------------------------------------------------ steps
-    def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = "en-us",
-                speech_rate: int = 165, generator: Optional[torch.Generator] = None, temperature: float = 1.0,
-                mouth_scale: float = 1.0, head_motion_scale: float = 1.0, blink_rate: float = 17.0,
-                still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-                expression_scale: float = 1.0,
-                max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS, callback: Optional[Callable[[str, float], None]] = None
-                ) -> _Session:
-        """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`."""
-        report = callback or (lambda stage, fraction: None)
-        generator = _one_generator(generator)
-        # 1. the speech: decode or synthesise, 16 kHz mono (first: too long fails before any work)
-        report("audio", 0.0)
+    def prepare_speech(self, audio=None, text: Optional[str] = None, *, sample_rate: Optional[int] = None,
+                       voice: str = DEFAULTS.voice, speech_rate: int = DEFAULTS.speech_rate,
+                       max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS) -> PreparedSpeech:
+        """The speech of a call, decoded (or spoken by espeak-ng) once, with its feature table at
+        this pipeline's model frame rate: pass it as ``audio`` to any number of calls (the
+        features are computed once, on demand). Arguments as in :meth:`__call__`."""
+        check_speech_source(audio, text)
         if text is not None:
             wav = synthesize_speech(text, voice=voice, rate=speech_rate, max_seconds=max_audio_seconds)
         else:
             wav = load_audio(audio, sample_rate=SAMPLE_RATE, input_sample_rate=sample_rate,
                              max_seconds=max_audio_seconds)
+        return PreparedSpeech(wav, FeatureTable(wav, SAMPLE_RATE, self.moda.config.fps, kind=self.moda.config.features,
+                                                encoder=self.audio_encoder))     # rows on demand
+
+    def prepare(self, image, audio=None, text=None, *, sample_rate: Optional[int] = None, voice: str = DEFAULTS.voice,
+                speech_rate: int = DEFAULTS.speech_rate, generator: Optional[torch.Generator] = None,
+                temperature: float = DEFAULTS.temperature, mouth_scale: float = DEFAULTS.mouth_scale,
+                head_motion_scale: float = DEFAULTS.head_motion_scale, blink_rate: float = DEFAULTS.blink_rate,
+                still: bool = DEFAULTS.still, fps: int = DEFAULTS.fps, face_index: Optional[int] = DEFAULTS.face_index,
+                expression_scale: float = DEFAULTS.expression_scale,
+                max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
+                callback: Optional[Callable[[str, float], None]] = None) -> _Session:
+        """Steps 1-3: the speech, the portrait, the features and the latent. See :meth:`__call__`.
+
+        ``image`` may be a prepared :class:`~moda_hub.face.subject.Subject` (from
+        :func:`~moda_hub.face.subject.prepare_subject`; ``face_index`` is then ignored) and
+        ``audio`` a :class:`~moda_hub.speech.features.PreparedSpeech` (from :meth:`prepare_speech`):
+        calls that share them detect the face and compute the speech features once."""
+        report = callback or (lambda stage, fraction: None)
+        generator = _one_generator(generator)
+        # 1. the speech: decode or synthesise, 16 kHz mono (first: too long fails before any work)
+        report("audio", 0.0)
+        speech = audio if isinstance(audio, PreparedSpeech) else self.prepare_speech(
+            audio, text, sample_rate=sample_rate, voice=voice, speech_rate=speech_rate,
+            max_audio_seconds=max_audio_seconds)
+        model_fps = self.moda.config.fps
+        if (speech.features.kind, speech.features.fps) != (self.moda.config.features, model_fps):
+            raise InvalidParameterError(f"the prepared speech has {speech.features.kind!r} features at "
+                                        f"{speech.features.fps} fps, this pipeline hears {self.moda.config.features!r} "
+                                        f"at {model_fps} — prepare it with this pipeline's prepare_speech()")
+        wav = speech.wav
         if float(np.max(np.abs(wav))) < SILENCE_PEAK:
             mouth_scale = 0.0                                  # silence: the lips stay as in the portrait
         # 2. the portrait: decode, find the face, its pose and canonical mesh
         report("face", 0.1)
-        subject = prepare_subject(image, face_index=face_index)
+        subject = image if isinstance(image, Subject) else prepare_subject(image, face_index=face_index)
         if expression_scale != 1.0:            # the portrait's own mouth and brows, relaxed (or stronger)
             subject = dataclasses.replace(subject, canonical=relax_expression(subject.canonical, expression_scale))
-        # 3. features at the model's frame rate, and the ProbAttn latent for the whole clip
+        # 3. features at the model's frame rate (on demand), and the ProbAttn latent for the whole clip
         report("features", 0.15)
-        model_fps = self.moda.config.fps
-        feats = FeatureTable(wav, SAMPLE_RATE, model_fps, kind=self.moda.config.features,
-                             encoder=self.audio_encoder)          # phones / encoder windows on demand
+        feats = speech.features
         latent = self.moda.sample_latent(len(feats), 1, generator, temperature)
         closure = sample_blink_closure(len(feats), model_fps, blink_rate, generator,
                                        speech_pauses(wav, SAMPLE_RATE))
         return _Session(subject=subject, wav=wav, features=feats,
                         cond=torch.from_numpy(subject.canonical.reshape(-1)),
-                        extra=torch.tensor([blink_rate / 20.0]), latent=latent,
+                        extra=torch.tensor([blink_condition(blink_rate)]), latent=latent,
                         num_frames=max(1, int(round(len(wav) / SAMPLE_RATE * fps))), fps=fps,
                         controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still),
                         blink_closure=closure, closed_eye=closed_eye_offsets(subject.canonical))
@@ -308,8 +328,7 @@ class ModaPipeline(DiffusionPipeline):
         motion = apply_controls(resample_motion(motion, model_fps, session.fps, stop - start,
                                                 dst_start=start, src_start=s0), **session.controls)
         landmarks = self.compose_landmarks(session.subject, motion)
-        torso_px = (motion["torso"] * session.subject.pose[6]).astype(np.float32)
-        return landmarks, torso_px, motion
+        return landmarks, torso_to_px(motion["torso"], session.subject.pose), motion
 
     @torch.no_grad()
     def compose_landmarks(self, subject: Subject, motion: Dict[str, np.ndarray]) -> np.ndarray:
@@ -317,15 +336,7 @@ class ModaPipeline(DiffusionPipeline):
         weight = next(self.composer.parameters())   # (ModelMixin.device/.dtype walk every submodule: ~1 ms each)
         cond = torch.from_numpy(subject.canonical.reshape(-1)).to(weight.device, weight.dtype)
         poses = apply_head_offset(subject.pose, motion["head"])                       # (T, 7)
-        # blocks of exactly 16 frames (the last one padded by repeating its last frame): GEMM kernels
-        # round rows differently for other batch sizes (a ragged tail; AVX-512 MKL below 16 rows;
-        # 8 vs 32 rows), and a frame's mesh must not depend on the chunk it falls in
-        T = len(motion["lip"])
-        rows = np.minimum(np.arange(T + (-T) % 16), T - 1)
-        lip = torch.from_numpy(motion["lip"][rows]).to(cond)
-        eye = torch.from_numpy(motion["eye"][rows]).to(cond)
-        dense = torch.cat([self.composer(lip[i:i + 16], eye[i:i + 16], cond) for i in range(0, len(rows), 16)])
-        dense = dense.float().cpu().numpy()[:T]                                      # (T, 478, 3)
+        dense = self.composer.dense_offsets(motion["lip"], motion["eye"], cond)       # (T, 478, 3), any chunking
         return from_canonical(subject.canonical[None] + dense, poses).astype(np.float32)
 
     def stream(self, image, audio=None, text: Optional[str] = None, *, chunk_frames: int = 30,
@@ -377,7 +388,7 @@ class ModaPipeline(DiffusionPipeline):
                 if writer is not None:    # __call__ never hands these frames out: no copy needed
                     writer.write(frames, copy=not internal)
                 report("render", 0.2 + 0.8 * stop / n)
-                yield ModaStreamChunk(start, frames, landmarks, motion, float(session.fps))
+                yield ModaStreamChunk(start, frames, landmarks, motion, float(session.fps), prepared)
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -388,20 +399,25 @@ class ModaPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, image, audio=None, text: Optional[str] = None, *, sample_rate: Optional[int] = None,
-                 voice: str = "en-us", speech_rate: int = 165, generator: Optional[torch.Generator] = None,
-                 temperature: float = 1.0, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
-                 blink_rate: float = 17.0, still: bool = False, fps: int = 30, face_index: Optional[int] = None,
-                 expression_scale: float = 1.0, output_size: Optional[int] = None, output_type: str = "mp4",
+                 voice: str = DEFAULTS.voice, speech_rate: int = DEFAULTS.speech_rate,
+                 generator: Optional[torch.Generator] = None, temperature: float = DEFAULTS.temperature,
+                 mouth_scale: float = DEFAULTS.mouth_scale, head_motion_scale: float = DEFAULTS.head_motion_scale,
+                 blink_rate: float = DEFAULTS.blink_rate, still: bool = DEFAULTS.still, fps: int = DEFAULTS.fps,
+                 face_index: Optional[int] = DEFAULTS.face_index, expression_scale: float = DEFAULTS.expression_scale,
+                 output_size: Optional[int] = DEFAULTS.output_size, output_type: str = "mp4",
                  output_path: Optional[str] = None, overwrite: bool = False,
                  max_audio_seconds: Optional[float] = MAX_AUDIO_SECONDS,
                  callback: Optional[Callable[[str, float], None]] = None) -> ModaPipelineOutput:
         r"""Animate ``image`` with ``audio`` (or ``text`` spoken by espeak-ng).
 
+        Every option's default and range: :mod:`moda_hub.options`.
+
         Args:
-            image (str, PIL.Image.Image or np.ndarray): the portrait; RGB, RGBA or grayscale; EXIF
-                orientation is applied.
-            audio (str, np.ndarray or (sample_rate, np.ndarray), optional): speech — any file ffmpeg
-                decodes (wav, mp3, m4a, flac, ogg, webm, a video's audio track) or samples.
+            image (str, PIL.Image.Image, np.ndarray or Subject): the portrait; RGB, RGBA or grayscale;
+                EXIF orientation is applied; or a prepared subject (see :meth:`prepare`).
+            audio (str, np.ndarray, (sample_rate, np.ndarray) or PreparedSpeech, optional): speech — any
+                file ffmpeg decodes (wav, mp3, m4a, flac, ogg, webm, a video's audio track), samples,
+                or speech from :meth:`prepare_speech`.
             text (str, optional): text spoken by espeak-ng instead of ``audio``.
             sample_rate (int, optional): sample rate of an ``audio`` array (default 16000).
             voice (str, default "en-us"), speech_rate (int, default 165 words/min): for ``text``.
@@ -468,11 +484,6 @@ class ModaPipeline(DiffusionPipeline):
         report("done", 1.0)
         return ModaPipelineOutput(video_path=video_path, frames=out_frames, landmarks=landmarks,
                                   motion=motion, fps=float(fps), audio=session.wav)
-
-
-#: prepare()'s keyword defaults (what a call that leaves an option out gets), for _check_call.
-_PREPARE_DEFAULTS = {name: p.default for name, p in inspect.signature(ModaPipeline.prepare).parameters.items()
-                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def frames_per_chunk(prepared, chunk_frames: int) -> int:

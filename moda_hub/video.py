@@ -595,7 +595,7 @@ class Mp4Writer:
                 aac_rate = self.sample_rate if self.sample_rate in _AAC_RATES else 48000
                 wav = self.audio
                 if aac_rate != self.sample_rate:
-                    from moda_hub.audio import resample
+                    from moda_hub.speech.resample import resample
                     wav = resample(wav, self.sample_rate, aac_rate)
                 astream = container.add_stream("aac", rate=aac_rate, layout="mono")
                 astream.bit_rate = self._bit_rate

@@ -23,7 +23,7 @@ What is enforced (``ModaPipeline.from_pretrained`` calls :func:`load_pipeline`):
 
 Example:
     >>> from moda_hub.weights import check_pipeline_folder
-    >>> check_pipeline_folder("pretrained/moda-base")          # raises WeightsError when broken
+    >>> check_pipeline_folder("pretrained/moda-base", ModaPipeline)          # raises WeightsError when broken
     {'moda': 'ModaModel', 'composer': 'FacialComposer', 'renderer': 'WarpRenderer', 'audio_encoder': 'WhisperTinyEncoder'}
 """
 from __future__ import annotations
@@ -90,20 +90,18 @@ def resolve_pipeline_folder(name_or_path, **hub_kwargs) -> str:
                            f"({_one_line(err)}) — check the folder or repo id, or {FIX}") from None
 
 
-def check_pipeline_folder(folder, pipeline_class=None) -> Dict[str, str]:
+def check_pipeline_folder(folder, pipeline_class) -> Dict[str, str]:
     """Check a pipeline folder before loading it; return ``{component: class name}``.
 
     Args:
         folder: the pipeline folder (``model_index.json`` + one sub-folder per component).
         pipeline_class: the pipeline class whose ``__init__`` names the components
-            (default :class:`~moda_hub.pipeline.ModaPipeline`).
+            (:class:`~moda_hub.pipeline.ModaPipeline`).
 
     Raises:
         WeightsError: naming the file that is missing, unreadable or wrong.
     """
     folder = os.fspath(folder)
-    if pipeline_class is None:
-        from moda_hub.pipeline import ModaPipeline as pipeline_class
     index_path = os.path.join(folder, "model_index.json")
     index = _read_json(index_path, "the pipeline index")
     name = index.get("_class_name")

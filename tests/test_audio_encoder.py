@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moda_hub import speech_states
+from moda_hub.speech import speech_states
 from moda_hub.errors import WeightsError
 from moda_hub.models.audio_encoder import WhisperTinyEncoder
 from moda_hub.weights import load_component
@@ -34,7 +34,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def speech():
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     return synthesize_speech(LONG_TEXT)
 
 

@@ -170,7 +170,7 @@ class Media:
     def speech(self) -> np.ndarray:
         """About 1 s of espeak-ng speech, (N,) float32 at 16 kHz."""
         def make():
-            from moda_hub.audio import synthesize_speech
+            from moda_hub.speech.audio import synthesize_speech
             return synthesize_speech("Hello there, friend.", voice="en-us", rate=190)
         return self._once("speech", make)
 
@@ -182,7 +182,7 @@ class Media:
         return str(path)
 
     def speech_at(self, rate: int, channels: int = 1) -> np.ndarray:
-        from moda_hub.audio import resample
+        from moda_hub.speech.audio import resample
         x = resample(self.speech, SR, rate)
         return np.repeat(x[:, None], channels, axis=1) * np.linspace(1.0, 0.5, channels) if channels > 1 else x
 
@@ -884,8 +884,9 @@ def test_intact_tiny_pipeline_loads(tiny_pipeline):
 
 @needs_weights
 def test_shipped_weights_pass_every_check():
+    from moda_hub import ModaPipeline
     from moda_hub.weights import check_pipeline_folder
-    assert check_pipeline_folder(MODEL) == {"moda": "ModaModel", "composer": "FacialComposer",
+    assert check_pipeline_folder(MODEL, ModaPipeline) == {"moda": "ModaModel", "composer": "FacialComposer",
                                            "renderer": "WarpRenderer", "audio_encoder": "WhisperTinyEncoder"}
 
 

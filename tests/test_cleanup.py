@@ -31,7 +31,7 @@ def pipe(shipped_pipe):
 @pytest.fixture(scope="module")
 def speech():
     """About 2.5 s of speech: at 25 fps that is 3 chunks of the one-shot call (32 frames each)."""
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     return synthesize_speech("Hello there, my friend. How are you today?", voice="en-us", rate=175)
 
 

@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 import torch
 
-from moda_hub.audio import load_audio
+from moda_hub.speech.audio import load_audio
 from moda_hub.errors import InvalidParameterError
 from moda_hub.face import topology as topo
 from moda_hub.face.expression import _closed_lips, neutral_offsets, relax_expression

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moda_hub import features
-from moda_hub.audio import synthesize_speech
-from moda_hub.features import FeatureTable, phone_segments, speech_features
-from moda_hub.phones import phone_stream, phone_viseme_features
+from moda_hub.speech import features
+from moda_hub.speech.audio import synthesize_speech
+from moda_hub.speech.features import FeatureTable, phone_segments, speech_features
+from moda_hub.speech.phones import phone_stream, phone_viseme_features
 
 SR = 16000
 
@@ -97,7 +97,7 @@ def long_speech():
 
 
 def test_the_phone_worker_recognises_later_segments_with_the_same_rows(long_speech, monkeypatch):
-    from moda_hub.phone_worker import shared_worker
+    from moda_hub.speech.phone_worker import shared_worker
 
     assert len(phone_segments(long_speech, SR)) >= 2
     worker = shared_worker()
@@ -114,7 +114,7 @@ def test_the_phone_worker_recognises_later_segments_with_the_same_rows(long_spee
 
 
 def test_a_phone_worker_that_dies_changes_nothing(long_speech, monkeypatch):
-    from moda_hub.phone_worker import shared_worker
+    from moda_hub.speech.phone_worker import shared_worker
 
     monkeypatch.setenv("MODA_PHONE_WORKER", "0")
     alone = FeatureTable(long_speech, SR, 30).upto(10 ** 6).numpy()

@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 import torch
 
-from moda_hub.audio import load_audio
+from moda_hub.speech.audio import load_audio
 from moda_hub.face.landmarks import detect_faces, face_box
 from moda_hub.render.crop import CropBox, crop_texture, face_crop_box
 from moda_hub.render.frame_checks import (MIN_STREAK_RUN, edge_streaks, face_region, flicker_outside_face,

@@ -25,7 +25,7 @@ def videos(tmp_path_factory, shipped_pipe):
     """Folder with talk_a.mp4, talk_b.mp4 (no face from 1.0 to 2.0 s), talk_c.mp4; 3 s, 30 fps, 320 px."""
     from PIL import Image
 
-    from moda_hub.audio import load_audio
+    from moda_hub.speech.audio import load_audio
     from moda_hub.video import write_mp4
 
     folder = tmp_path_factory.mktemp("videos")

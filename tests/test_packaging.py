@@ -82,7 +82,7 @@ if sys.argv[1:] == ["--probe-system"]:     # before the wheel's is loaded: dlope
     except OSError as err:
         system_lib = str(err)
 import moda_hub
-from moda_hub import espeak
+from moda_hub.speech import espeak
 res = espeak.speak("The wheel speaks.")
 maps = sorted({line.split()[-1] for line in open("/proc/self/maps") if "libespeak-ng" in line})
 print(json.dumps({"moda_hub": moda_hub.__file__, "library": espeak.library_path()[0],

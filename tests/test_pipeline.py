@@ -114,7 +114,7 @@ def test_cli_prints_one_line_and_exits_nonzero_without_a_face(tmp_path):
 
 def test_blink_rate_control_sets_blinks_per_minute(pipe, astronaut):
     from moda_hub.face.topology import eye_openness
-    from moda_hub.motion import count_blinks
+    from moda_hub.motion.blinks import count_blinks
     wav = pipe.prepare(astronaut, text="The quick brown fox jumps over the lazy dog, again and again. " * 6).wav
     per_min = {}
     for rate in (0, 25):

@@ -58,7 +58,7 @@ def _is_true(node) -> bool:
 
 def test_the_scan_sees_the_whole_package():
     names = {str(p) for p, _ in _trees()}
-    assert {"moda_hub/pipeline.py", "moda_hub/weights.py", "moda_hub/audio.py", "moda_hub/video.py",
+    assert {"moda_hub/pipeline.py", "moda_hub/weights.py", "moda_hub/speech/audio.py", "moda_hub/video.py",
             "app.py"} <= names
     assert len(names) >= 30
 
@@ -198,7 +198,7 @@ def test_no_shell_anywhere_and_commands_are_argument_lists():
 
 
 def test_text_with_shell_syntax_is_only_spoken(tmp_path):
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
     from moda_hub.errors import TextToSpeechError
 
     marker = tmp_path / "pwned"

@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 import torch
 
+from moda_hub.models.audio_encoder import MAX_WINDOW_SECONDS
 from moda_hub.video import read_video_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def long_clip(pipe, astronaut):
     """LONG_TEXT, seed 0: streamed landmarks (T, 478, 3) in chunks of 45 frames, the chunk starts, the
     one-shot call's landmarks (chunks of 32 inside), the same clip made as ONE stage-1 window and
     ONE audio-encoder window (no window borders at all), and seed 1's landmarks."""
-    from moda_hub import speech_states
+    from moda_hub.speech import speech_states
 
     kw = dict(image=astronaut, text=LONG_TEXT)
     chunks = list(pipe.stream(generator=gen(0), chunk_frames=45, render=False, **kw))
@@ -54,7 +55,7 @@ def long_clip(pipe, astronaut):
     window, hop, enc_window = pipe.moda.config.window, pipe.moda.config.hop, speech_states.WINDOW_SECONDS
     try:
         pipe.moda.register_to_config(window=100_000, hop=90_000)
-        speech_states.WINDOW_SECONDS = speech_states.MAX_WINDOW_SECONDS
+        speech_states.WINDOW_SECONDS = MAX_WINDOW_SECONDS
         single = pipe(generator=gen(0), output_type="landmarks", **kw).landmarks
     finally:
         pipe.moda.register_to_config(window=window, hop=hop)
@@ -156,15 +157,15 @@ def test_no_seams_at_stage1_window_borders(pipe, long_clip):
 
 
 def test_no_seams_at_audio_encoder_window_borders(pipe, long_clip):
-    """Whisper hears 10 s windows, 2 s cross-fades (moda_hub.speech_states): where one window hands
+    """Whisper hears 10 s windows, 2 s cross-fades (moda_hub.speech.speech_states): where one window hands
     over to the next, the landmarks take no step beyond what the same clip made in one encoder
     window (and one stage-1 window) takes."""
-    from moda_hub import speech_states
+    from moda_hub.speech import speech_states
 
     assert pipe.moda.config.features == "whisper-tiny"
     streamed = long_clip["streamed"]
     T = len(streamed)
-    from moda_hub.audio import synthesize_speech
+    from moda_hub.speech.audio import synthesize_speech
 
     n_states = (len(synthesize_speech(LONG_TEXT)) // 160 + 1) // 2
     overlap = int(round(speech_states.OVERLAP_SECONDS * speech_states.STATE_RATE))

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from moda_hub.data import motion
-from moda_hub.data.deform import BLINK_L, BLINK_R, P_ALL, FaceRig
+from moda_hub.face.rig import BLINK_L, BLINK_R, P_ALL, FaceRig
 from moda_hub.data.synthetic import CorpusConfig, build_corpus, load_utterances, voices
 from moda_hub.data.visemes import MOUTH_PARAMS, viseme_curves
-from moda_hub.espeak import speak
+from moda_hub.motion.blinks import blink_track
+from moda_hub.speech.espeak import speak
 from moda_hub.face import topology as topo
 from moda_hub.face.template import canonical_template
 
@@ -109,7 +110,7 @@ def test_blink_rate_in_range(rig):
     near_pause = np.mean([min(abs(s - p) for p, _ in spans) < 0.3 for s in starts])
     assert near_pause > 0.3                    # more than chance (0.15): blinks prefer pauses
     # a blink closes the eyelids of the mesh
-    track = motion.blink_track(events, int(60 * FPS), FPS, rng)
+    track = blink_track(events, int(60 * FPS), FPS, rng)
     params = np.zeros((len(track), P_ALL), np.float32)
     params[:, [BLINK_L, BLINK_R]] = track
     eyes = topo.eye_openness(rig.meshes(params))

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from moda_hub.audio import load_audio
+from moda_hub.speech.audio import load_audio
 from moda_hub.errors import InvalidParameterError, OutputPathError
 from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe   # test fixtures only
 

@@ -2,11 +2,11 @@
 
 All functions are driven by an explicit ``numpy.random.Generator`` (deterministic for a
 seed) and return per-frame tracks at ``fps`` (frame ``k`` at ``(k + 0.5) / fps`` seconds, the audio
-front-end's frame centres, see :func:`moda_hub.audio.frame_times`):
+front-end's frame centres, see :func:`moda_hub.speech.audio.frame_times`):
 
-- :func:`blink_events` / :func:`blink_track`: a renewal process of blinks (gamma
-  intervals, about 15-20 per minute, 100-400 ms each) that prefers pauses in speech;
-  the track is eyelid closure 0 (open) .. 1 (closed) for each eye;
+- :func:`blink_events`: inference's blink process (:mod:`moda_hub.motion.blinks`: gamma
+  intervals, 100-400 ms each, preferring pauses in speech) at a rate drawn per utterance in
+  :data:`CORPUS_BLINK_RATE`; ``blink_track`` turns the events into eyelid closure 0 .. 1;
 - :func:`brow_track`: small brow raises at emphasised syllables;
 - :func:`gaze_track`: small saccades (degrees), fixations of 0.4-3 s;
 - :func:`head_track`: (T, 7) head-pose offsets ``[d_pitch, d_yaw, d_roll (degrees),
@@ -27,6 +27,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import lfilter
 
 from moda_hub.data.visemes import phonemes_to_segments
+from moda_hub.face.pose import euler_to_matrix
+from moda_hub.motion.blinks import blink_events as renewal_blinks
 
 Timeline = Sequence[Tuple[str, float, float]]
 
@@ -70,73 +72,17 @@ def emphasis_times(phonemes: Timeline, rng: np.random.Generator, prob: float = 0
 
 
 # --- blinks ----------------------------------------------------------------------------------
+#: Blinks per minute of a corpus utterance are drawn uniformly in this range (people: 15-20).
+CORPUS_BLINK_RATE = (14.0, 19.0)
+
+
 def blink_events(duration: float, rng: np.random.Generator,
                  pause_spans: Optional[Sequence[Tuple[float, float]]] = None,
-                 rate_per_min: Optional[float] = None, pause_pull: float = 0.7
-                 ) -> List[Tuple[float, float, float]]:
-    """Blink events ``[(start_s, length_s, amplitude)]`` over ``duration`` seconds.
-
-    A renewal process: intervals are gamma (shape 3, mean ``60 / rate_per_min``; the rate
-    is drawn in 14..19 per minute when not given), at least 0.35 s. A blink that falls
-    within 1.2 s before or after the start of a pause moves there with probability
-    ``pause_pull`` (people blink at phrase boundaries). Lengths 100-400 ms (log-normal
-    around 200 ms), amplitude 0.85-1.0 (1 = fully closed). The first blink has a random
-    phase, so utterances cut from one long process look alike.
-    """
-    rate = float(rng.uniform(14.0, 19.0)) if rate_per_min is None else float(rate_per_min)
-    mean = 60.0 / rate
-    shape = 3.0
-    starts = []
-    t = float(rng.uniform(0.0, 1.0)) * rng.gamma(shape, mean / shape)
-    while t < duration:
-        starts.append(t)
-        t += max(0.35, float(rng.gamma(shape, mean / shape)))
-    anchors = np.array([s for s, e in (pause_spans or []) if e - s > 0.2])
-    out = []
-    for s in starts:
-        if len(anchors):
-            d = anchors - s
-            k = int(np.argmin(np.abs(d)))
-            if abs(d[k]) < 1.2 and rng.random() < pause_pull:
-                s = float(anchors[k] + rng.uniform(0.0, 0.15))
-        length = float(np.clip(np.exp(rng.normal(np.log(0.2), 0.3)), 0.1, 0.4))
-        amp = float(np.clip(rng.normal(0.97, 0.05), 0.85, 1.0))
-        if s < duration and (not out or s - out[-1][0] > 0.35):
-            out.append((s, length, amp))
-    return out
-
-
-def blink_profile(t: np.ndarray, start: float, length: float) -> np.ndarray:
-    """Closure 0..1 of one blink at times ``t`` (s): fast close (30 %), short hold (10 %),
-    slower reopening (60 %), cosine ramps."""
-    u = (t - start) / length
-    out = np.zeros_like(u)
-    c = (u >= 0) & (u < 0.3)
-    out[c] = 0.5 - 0.5 * np.cos(np.pi * u[c] / 0.3)
-    out[(u >= 0.3) & (u < 0.4)] = 1.0
-    o = (u >= 0.4) & (u < 1.0)
-    out[o] = 0.5 + 0.5 * np.cos(np.pi * (u[o] - 0.4) / 0.6)
-    return out
-
-
-def blink_track(events: Sequence[Tuple[float, float, float]], num_frames: int,
-                fps: float = 30.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """(T, 2) float32 eyelid closure (left, right) 0..1 from :func:`blink_events`.
-
-    Each frame is the mean over its exposure (4 sub-samples across 1/fps), so a short
-    blink still shows as a partly closed frame. Left/right differ by a few percent.
-    """
-    t = (np.arange(num_frames)[:, None] + 0.5 + np.array([-0.375, -0.125, 0.125, 0.375])) / fps
-    out = np.zeros((num_frames, 2))
-    for s, length, amp in events:
-        k0, k1 = int((s - 0.1) * fps), int((s + length + 0.1) * fps) + 1
-        k0, k1 = max(k0, 0), min(k1, num_frames)
-        if k1 <= k0:
-            continue
-        prof = blink_profile(t[k0:k1], s, length).mean(axis=1)
-        asym = 1.0 + (rng.normal(0, 0.03, 2) if rng is not None else np.zeros(2))
-        out[k0:k1] = np.maximum(out[k0:k1], np.clip(amp * prof[:, None] * asym, 0, 1))
-    return out.astype(np.float32)
+                 rate_per_min: Optional[float] = None) -> List[Tuple[float, float, float]]:
+    """Blink events of a corpus utterance: :func:`moda_hub.motion.blinks.blink_events` at
+    ``rate_per_min``, drawn in :data:`CORPUS_BLINK_RATE` when not given."""
+    rate = float(rng.uniform(*CORPUS_BLINK_RATE)) if rate_per_min is None else float(rate_per_min)
+    return renewal_blinks(duration, rng, pause_spans, rate)
 
 
 # --- brows and gaze --------------------------------------------------------------------------
@@ -229,7 +175,6 @@ def head_track(num_frames: int, fps: float, rng: np.random.Generator,
     Rotations turn the head about :data:`NECK_PIVOT`, so they also translate the face;
     ``d_log_scale`` follows ``d_tz`` (nearer = larger) at :data:`CAMERA_DISTANCE`.
     """
-    from moda_hub.face.pose import euler_to_matrix
 
     if activity is None:
         activity = np.ones(num_frames)

@@ -26,6 +26,11 @@ from typing import List, Tuple
 import numpy as np
 
 from moda_hub.face import topology as topo
+from moda_hub.face.image import load_image
+from moda_hub.face.landmarks import detect_faces, select_face
+from moda_hub.face.pose import POSE_POINTS, estimate_pose, to_canonical, umeyama
+from moda_hub.face.rig import JAW, P_ALL, PRESS, SPREAD, FaceRig
+from moda_hub.face.template import canonical_template
 
 BANK_PATH = Path(__file__).parent / "subject_bank.npz"
 LFW_SIZE = 256
@@ -36,7 +41,6 @@ def _source_images() -> List[Tuple[str, np.ndarray]]:
     import skimage.data
     from PIL import Image
 
-    from moda_hub.face.image import load_image
 
     images = [("astronaut", skimage.data.astronaut()),
               ("grace_hopper", load_image(matplotlib.cbook.get_sample_data(
@@ -52,8 +56,6 @@ def build_real_bank(path: Path = BANK_PATH) -> Tuple[np.ndarray, List[str]]:
     """Mesh the bundled real faces (and mirrors) with MediaPipe, canonicalise, save to
     ``path`` (npz: ``mean`` (478, 3) float32, ``deltas`` (S, 478, 3) float16, ``names``
     (S,) str; mesh = mean + delta). Returns ``meshes`` (S, 478, 3) float32 and names."""
-    from moda_hub.face.landmarks import detect_faces, select_face
-    from moda_hub.face.pose import estimate_pose, to_canonical
 
     names, meshes = [], []
     for name, rgb in _source_images():
@@ -87,7 +89,6 @@ def real_subjects(rebuild: bool = False) -> Tuple[np.ndarray, List[str]]:
 def _refit(mesh: np.ndarray, template: np.ndarray) -> np.ndarray:
     """Similarity-fit ``mesh`` to canonical space the way a portrait is (pose points onto
     the template), so synthetic subjects sit where real ones do."""
-    from moda_hub.face.pose import POSE_POINTS, umeyama
 
     s, R, t = umeyama(mesh[POSE_POINTS], template[POSE_POINTS])
     return (s * mesh @ R.T + t).astype(np.float32)
@@ -119,8 +120,6 @@ def subject_bank(num_subjects: int = 400, seed: int = 0, val_fraction: float = 0
     Returns:
         meshes (S, 478, 3) float32, names (S,) str, split (S,) str "train" | "val".
     """
-    from moda_hub.data.deform import JAW, P_ALL, PRESS, SPREAD, FaceRig
-    from moda_hub.face.template import canonical_template
 
     rng = np.random.default_rng([seed, 7])
     real, names = real_subjects()

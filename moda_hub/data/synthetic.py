@@ -1,12 +1,12 @@
 """Synthetic speech-motion corpus for stage 1 (MODA) and stage 2 (facial composer).
 
-Speech comes from espeak-ng (C API, exact phoneme timeline; :mod:`moda_hub.espeak`) over
+Speech comes from espeak-ng (C API, exact phoneme timeline; :mod:`moda_hub.speech.espeak`) over
 8 English accents x ~45 voice variants, rates 130-230 words per minute, random pitch and
 intonation range, sentences from :mod:`moda_hub.data.sentences` joined with pauses, then a
 tape-speed jitter (0.92-1.08, the phoneme times are scaled with it) and a microphone /
 room / noise chain (:mod:`moda_hub.data.augment`). Motion targets come from the phoneme
 timeline: viseme coarticulation (:mod:`moda_hub.data.visemes`) applied to a subject mesh by
-a procedural rig (:mod:`moda_hub.data.deform`), blinks, brows, gaze, head pose and torso
+a procedural rig (:mod:`moda_hub.face.rig`), blinks, brows, gaze, head pose and torso
 (:mod:`moda_hub.data.motion`), on real and synthetic subjects
 (:mod:`moda_hub.data.subjects`).
 
@@ -20,9 +20,9 @@ Corpus format (``out_dir``)
 ``manifest.json``
     ``format`` ("moda-synthetic/1"), ``seed``, ``hours_requested``, ``hours`` (built),
     ``fps`` (30), ``sample_rate`` (16000), ``features`` (how they were computed: function
-    ``moda_hub.audio.audio_features``, n_mels 80, window 64 ms centred on frame ``k`` at
+    ``moda_hub.speech.audio.audio_features``, n_mels 80, window 64 ms centred on frame ``k`` at
     ``(k + 0.5) / fps`` s, per-utterance mean/std normalised, stored float16),
-    ``params`` (names of the ``params`` columns, :data:`moda_hub.data.deform.PARAMS`),
+    ``params`` (names of the ``params`` columns, :data:`moda_hub.face.rig.PARAMS`),
     ``dense_every`` (6), ``augmentation`` (settings), ``splits`` (per split: voices,
     utterance count, hours; the ``val`` voices never occur in ``train``, and val subjects and
     sentences are held out too), ``subjects`` (file, count), ``shards`` (file, utterances,
@@ -42,10 +42,10 @@ Corpus format (``out_dir``)
     ``utt_ids`` (U,) str; ``subject`` (U,) int32 (row of ``subjects.npz``);
     ``features`` (F, 80) float16 log-mel of the *augmented* 16 kHz audio, one row per
     30 fps frame (``F`` = total frames); ``phones`` (F, 14) float16 phone stream of the phones
-    pocketsphinx recognises in that audio (``moda_hub.phones.phone_stream``: 13 viseme-class
+    pocketsphinx recognises in that audio (``moda_hub.speech.phones.phone_stream``: 13 viseme-class
     occupancies, then the table opening; corpora built before the opening have 13 columns);
     ``states`` (F, 384) float16 the ``audio_encoder``'s Whisper-tiny states of that audio at the
-    frames (``moda_hub.speech_states``, the same windows as the pipeline; absent from corpora
+    frames (``moda_hub.speech.speech_states``, the same windows as the pipeline; absent from corpora
     built before the encoder);
     ``lip`` (F, 40, 3) float16 offsets of ``topology.LIPS`` points from the subject mesh,
     canonical units; ``eye`` (F, 60, 3) float16 offsets of ``topology.EYES`` points;
@@ -81,9 +81,24 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from moda_hub.data import augment as aug
+from moda_hub.data import motion
+from moda_hub.data.augment import config_dict
+from moda_hub.data.sentences import generate_sentences
+from moda_hub.data.subjects import subject_bank
+from moda_hub.data.visemes import P_MOUTH, ArticulationStyle, viseme_curves
+from moda_hub.errors import InvalidParameterError, ModaError, OutputPathError
+from moda_hub.face import topology as topo
+from moda_hub.face.rig import BLINK_L, BLINK_R, BROW, GAZE_X, PARAMS, P_ALL, FaceRig
+from moda_hub.motion.blinks import blink_track
+from moda_hub.options import SAMPLE_RATE
+from moda_hub.speech.audio import audio_features, frame_times, num_frames
+from moda_hub.speech.espeak import speak
+from moda_hub.speech.phones import phone_stream
+from moda_hub.speech.speech_states import default_encoder, encoder_features
+
 FORMAT = "moda-synthetic/1"
 FPS = 30
-SAMPLE_RATE = 16000
 DENSE_EVERY = 6
 #: Arrays with one row per frame in every shard.
 FRAME_KEYS = ("features", "phones", "states", "lip", "eye", "head", "torso", "params")
@@ -136,8 +151,6 @@ class _Context:
 
     def __init__(self, seed: int, cfg: CorpusConfig, subjects: np.ndarray,
                  subject_split: np.ndarray):
-        from moda_hub.data.sentences import generate_sentences
-
         self.seed, self.cfg = seed, cfg
         sents = generate_sentences(cfg.num_sentences, seed)
         n_val = max(1, int(round(cfg.val_sentence_fraction * len(sents))))
@@ -150,8 +163,6 @@ class _Context:
         self._rigs: Dict[int, object] = {}
 
     def rig(self, sid: int):
-        from moda_hub.data.deform import FaceRig
-
         if sid not in self._rigs:
             if len(self._rigs) > 256:
                 self._rigs.clear()
@@ -162,7 +173,6 @@ class _Context:
 def _speak_utterance(ctx: _Context, rng: np.random.Generator, split: str):
     """espeak-ng speech of 1-6 sentences joined by pauses. Returns samples (float32,
     espeak rate), sample rate, phoneme timeline [(ph, s, e)], text, voice settings."""
-    from moda_hub.espeak import speak
 
     cfg = ctx.cfg
     voice = str(rng.choice(ctx.voices[split]))
@@ -201,14 +211,6 @@ def _speak_utterance(ctx: _Context, rng: np.random.Generator, split: str):
 def make_utterance(ctx: _Context, index: int) -> dict:
     """Build utterance ``index`` (deterministic in ``(seed, index)``): a dict of arrays
     (see the module docstring) plus its manifest record under ``"meta"``."""
-    from moda_hub.audio import audio_features, frame_times, num_frames
-    from moda_hub.phones import phone_stream
-    from moda_hub.speech_states import default_encoder, encoder_features
-    from moda_hub.data import augment as aug
-    from moda_hub.data import motion
-    from moda_hub.data.deform import BLINK_L, BLINK_R, BROW, GAZE_X, P_ALL
-    from moda_hub.data.visemes import P_MOUTH, ArticulationStyle, viseme_curves
-    from moda_hub.face import topology as topo
 
     cfg = ctx.cfg
     rng = np.random.default_rng([ctx.seed, 1, index])
@@ -243,7 +245,7 @@ def make_utterance(ctx: _Context, index: int) -> dict:
     # a per-utterance blink rate, so that stage 1 learns the `blink_rate` control
     blinks = motion.blink_events(duration, rng, pause_spans,
                                  rate_per_min=float(rng.uniform(*cfg.blink_rate_range)))
-    params[:, [BLINK_L, BLINK_R]] = motion.blink_track(blinks, T, FPS, rng)
+    params[:, [BLINK_L, BLINK_R]] = blink_track(blinks, T, FPS, rng)
     emph = motion.emphasis_times(phonemes, rng)
     params[:, BROW] = motion.brow_track(emph, T, FPS, rng)
     params[:, GAZE_X:GAZE_X + 2] = motion.gaze_track(T, FPS, rng, blinks)
@@ -368,10 +370,6 @@ def build_corpus(out_dir, hours: float = 2.5, seed: int = 0, workers: int = 2,
         >>> m = build_corpus("/tmp/corpus", hours=0.05, seed=0, workers=2)
         >>> m["hours"], len(m["utterances"])
     """
-    from moda_hub.data.augment import config_dict
-    from moda_hub.data.deform import PARAMS
-    from moda_hub.data.subjects import subject_bank
-    from moda_hub.errors import InvalidParameterError, OutputPathError
 
     if not (hours > 0 and math.isfinite(hours)):
         raise InvalidParameterError(f"hours must be a positive number, got {hours!r}")
@@ -484,10 +482,10 @@ def build_corpus(out_dir, hours: float = 2.5, seed: int = 0, workers: int = 2,
         format=FORMAT, created_by="moda_hub.data.synthetic.build_corpus", seed=int(seed),
         hours_requested=float(hours), hours=round(total / 3600, 4), fps=FPS,
         sample_rate=SAMPLE_RATE,
-        features=dict(function="moda_hub.audio.audio_features", n_mels=80, win_seconds=0.064,
+        features=dict(function="moda_hub.speech.audio.audio_features", n_mels=80, win_seconds=0.064,
                       fmin=20.0, fmax=8000.0, normalize=True, frame_centre="(k + 0.5) / fps",
                       computed_on="augmented 16 kHz audio", dtype="float16",
-                      states="moda_hub.speech_states.encoder_features (audio_encoder: Whisper tiny), float16"),
+                      states="moda_hub.speech.speech_states.encoder_features (audio_encoder: Whisper tiny), float16"),
         params=list(PARAMS), dense_every=DENSE_EVERY,
         units=dict(lip="canonical units, offsets of topology.LIPS from the subject mesh",
                    eye="canonical units, offsets of topology.EYES from the subject mesh",
@@ -548,7 +546,6 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=CorpusConfig.num_subjects,
                     help=f"subject meshes (default {CorpusConfig.num_subjects})")
     args = ap.parse_args(argv)
-    from moda_hub.errors import ModaError
 
     try:
         build_corpus(args.out, args.hours, args.seed, args.workers,

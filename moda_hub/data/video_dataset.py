@@ -23,7 +23,7 @@ Per video, in order:
    and trained on (``landmarks``), the raw tracker output is kept beside them (``landmarks_raw``);
 6. torso anchors: the shift of the upper body below the chin relative to the utterance's first
    frame (phase correlation of that image region), canonical units;
-7. speech features (``moda_hub.features``, "logmel+phones+opening") of the 16 kHz audio;
+7. speech features (``moda_hub.speech.features``, "logmel+phones+opening") of the 16 kHz audio;
 8. the face crop of every frame for the renderer: ``crop_size`` square, in the box of the
    utterance's first frame, exactly as the renderers crop a portrait (that frame is the
    utterance's portrait: the renderer is trained to animate it, as it will be at inference).
@@ -52,7 +52,7 @@ utterances, frames, seconds), ``videos`` (one record per video: ``name``, ``sour
     utterance's first frame (its portrait),
     ``subject_meshes`` (U, 478, 3), ``audio_wav`` (N,) int16 the 16 kHz audio,
     ``states`` (F, 384) f16 the ``audio_encoder``'s Whisper states of that audio at the frames
-    (``moda_hub.speech_states``; :func:`add_encoder_states` adds them to an older dataset).
+    (``moda_hub.speech.speech_states``; :func:`add_encoder_states` adds them to an older dataset).
 ``frames_XXXX.npy`` (F, crop_size, crop_size, 3) uint8 face crops, rows as the shard's
     (``np.load(..., mmap_mode="r")``).
 ``subjects.npz``: ``meshes`` (S, 478, 3) canonical mesh of each utterance's first frame.
@@ -68,12 +68,21 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InvalidParameterError
+from ..errors import AudioDecodeError, InvalidParameterError
 from ..face import topology as topo
+from ..face.landmarks import FaceTracker
+from ..face.pose import estimate_pose, from_canonical, head_offset, to_canonical
+from ..motion.blinks import count_blinks
+from ..options import SAMPLE_RATE
+from ..render.crop import crop_texture, face_crop_box
+from ..speech.audio import load_audio
+from ..speech.features import feature_dim, speech_features
+from ..speech.phones import PHONE_STREAM_COLUMNS
+from ..speech.speech_states import default_encoder, encoder_features
+from ..video import iter_video_frames, read_video_info
 
 FORMAT = "moda-video/1"
 FPS = 30
-SAMPLE_RATE = 16000
 VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 #: Temporal smoothing (Gaussian sigma in 30 fps frames) per part: MediaPipe's tracking jitter
@@ -136,7 +145,6 @@ def smooth_landmarks(landmarks_px: np.ndarray, smoothing: Dict[str, float] = SMO
     Returns:
         (landmarks (T, 478, 3) float32 px, pose (T, 7) float32, canonical (T, 478, 3) float32).
     """
-    from ..face.pose import estimate_pose, from_canonical, to_canonical
 
     lm = np.asarray(landmarks_px, np.float64)
     pose = estimate_pose(lm).astype(np.float64)
@@ -214,15 +222,6 @@ def prepare_video(path: str, out_dir: str, shard: int, subject_start: int, name:
     its record (see the module docstring). Raises only when the video cannot be read at all."""
     import cv2
 
-    from ..audio import load_audio
-    from ..errors import AudioDecodeError
-    from ..face.landmarks import FaceTracker
-    from ..face.pose import head_offset
-    from ..features import feature_dim, speech_features
-    from ..motion import count_blinks
-    from ..phones import PHONE_STREAM_COLUMNS
-    from ..render.crop import crop_texture, face_crop_box
-    from ..video import iter_video_frames
 
     # 1-2. frames at 30 fps, tracked; faceless frames are None
     landmarks, grays, frames = [], [], []
@@ -381,7 +380,6 @@ def prepare_videos(inputs, out_dir: str, crop_size: int = 256, val_fraction: flo
         todo.append((p, n))
     if len(todo) < len(paths):
         say(f"prepare: {len(paths) - len(todo)} of {len(paths)} videos already done in {out_dir}, resuming")
-    from ..video import read_video_info
 
     total = 0
     for p, _ in todo:
@@ -471,7 +469,6 @@ def add_encoder_states(data_dir: str, encoder=None) -> int:
     stored frame) to the shards of a prepared dataset that lack them; returns how many shards
     were written. The states are computed over the whole audio, as at inference, then indexed by
     ``frame_index``."""
-    from ..speech_states import default_encoder, encoder_features
 
     encoder = encoder if encoder is not None else default_encoder()
     written = 0

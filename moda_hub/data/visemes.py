@@ -5,7 +5,7 @@ about ``[0, 1]`` (1 = the strongest that shape gets in normal speech):
 
 =================  =====================================================================
 ``jaw_open``       jaw rotation; 1 = wide open "a" (inner-lip gap about 0.3 x the
-                   outer-eye-corner distance, see :mod:`moda_hub.data.deform`)
+                   outer-eye-corner distance, see :mod:`moda_hub.face.rig`)
 ``lip_round``      rounding / pucker: corners inward, lips forward (o, u, w, sh)
 ``lip_spread``     spreading: corners outward and back (i, e, s)
 ``upper_lip_raise`` upper lip up, teeth showing (f, v, sh)
@@ -14,7 +14,7 @@ about ``[0, 1]`` (1 = the strongest that shape gets in normal speech):
 ``lip_part``       lips parted a little without the jaw (t, s, th, vowels)
 =================  =====================================================================
 
-Phonemes are espeak-ng mnemonics as :func:`moda_hub.espeak.speak` reports them (``p``,
+Phonemes are espeak-ng mnemonics as :func:`moda_hub.speech.espeak.speak` reports them (``p``,
 ``aI``, ``@L``, ``_:`` ...); a few IPA symbols are understood too. Diphthongs become two
 targets (``aI`` = "a" then "i"). Unknown symbols fall back by their first letter.
 
@@ -35,13 +35,13 @@ GRID videos with MediaPipe).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-MOUTH_PARAMS = ("jaw_open", "lip_round", "lip_spread", "upper_lip_raise", "lower_lip_tuck",
-                "lip_press", "lip_part")
+from moda_hub.face.rig import MOUTH_PARAMS
+
 P_MOUTH = len(MOUTH_PARAMS)
 JAW, ROUND, SPREAD, RAISE, TUCK, PRESS, PART = range(P_MOUTH)
 
@@ -293,9 +293,9 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
                   frame_times: Optional[np.ndarray] = None) -> np.ndarray:
     """Mouth-parameter curves ``(num_frames, 7)`` float32 over :data:`MOUTH_PARAMS`.
 
-    phonemes: ``[(mnemonic, start_s, end_s)]`` (see :func:`moda_hub.espeak.speak`).
+    phonemes: ``[(mnemonic, start_s, end_s)]`` (see :func:`moda_hub.speech.espeak.speak`).
     num_frames, fps: frame ``k`` is sampled at ``(k + 0.5) / fps`` seconds (the centre of
-        its display interval, as :func:`moda_hub.audio.frame_times`) unless
+        its display interval, as :func:`moda_hub.speech.audio.frame_times`) unless
         ``frame_times`` (num_frames,) seconds is given.
     style, rng: speaking style and the generator for its per-segment jitter; both optional
         (default: the table's targets exactly).
@@ -305,8 +305,8 @@ def viseme_curves(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
 
     Example::
 
-        >>> res = moda_hub.espeak.speak("Bob ate a pie.")
-        >>> T = moda_hub.audio.num_frames(len(res.samples), res.sample_rate, 30)
+        >>> res = moda_hub.speech.espeak.speak("Bob ate a pie.")
+        >>> T = moda_hub.speech.audio.num_frames(len(res.samples), res.sample_rate, 30)
         >>> viseme_curves(res.phonemes, T).shape        # (T, 7)
     """
     style = style or ArticulationStyle()
@@ -399,21 +399,3 @@ def _inner_pauses(segs, is_sil, target, dom, style: ArticulationStyle,
             dom[k] = 0.05
         elif rng is not None and style.breath > 0 and rng.random() < style.breath:
             target[k] = _parted(jaw=rng.uniform(*BREATH_JAW), part=0.5)
-
-
-def phoneme_labels(phonemes: Sequence[Tuple[str, float, float]], num_frames: int,
-                   fps: float = 30.0) -> List[str]:
-    """The phoneme under each frame centre ``(k + 0.5) / fps`` ("_" in gaps), for plots
-    and checks."""
-    labels = ["_"] * num_frames
-    for ph, s, e in phonemes:
-        k0 = int(np.ceil(s * fps - 0.5 - 1e-9))
-        k1 = int(np.ceil(e * fps - 0.5 - 1e-9))
-        for k in range(max(k0, 0), min(k1, num_frames)):
-            labels[k] = ph
-    return labels
-
-
-def viseme_sequence(phonemes: Iterable[Tuple[str, float, float]]) -> List[str]:
-    """Viseme names of a timeline, in order (diphthongs give two)."""
-    return [s.viseme for s in phonemes_to_segments(list(phonemes))]

@@ -32,8 +32,6 @@ from moda_hub.face import topology as topo
 from moda_hub.face.pose import POSE_POINTS
 from moda_hub.face.template import canonical_template
 
-#: Range of ``expression_scale`` (1 = as photographed, 0 = neutral mouth and brows).
-EXPRESSION_SCALE_RANGE = (0.0, 1.5)
 #: How far the change at the lips / brows reaches into the surrounding skin, canonical units
 #: (Gaussian sigma of the fall-off with the distance to the nearest lip / brow point).
 LIP_REACH, BROW_REACH = 0.22, 0.12

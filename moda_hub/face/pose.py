@@ -31,6 +31,7 @@ eye corners and temples - points that move with the skull, not with lips, jaw or
 from __future__ import annotations
 
 import numpy as np
+from moda_hub.face.template import canonical_template
 
 # Landmarks that follow the skull: forehead, nose bridge/tip, eye corners, temples and
 # the face oval at ear level. Not lips, jaw, cheeks, eyelids or brows.
@@ -126,7 +127,6 @@ def estimate_pose(landmarks_px: np.ndarray, template: np.ndarray | None = None) 
         [0.0, 0.0, 0.0, 256.0, 256.0, 0.0, 100.0]
     """
     if template is None:
-        from moda_hub.face.template import canonical_template
         template = canonical_template()
     lm = np.asarray(landmarks_px, np.float64)
     s, rot, t = umeyama(np.asarray(template, np.float64)[POSE_POINTS], lm[..., POSE_POINTS, :])
@@ -173,6 +173,12 @@ def from_canonical(canon: np.ndarray, pose: np.ndarray) -> np.ndarray:
     s, rot, t = _similarity(pose)
     x = np.matmul(np.asarray(canon, np.float64), np.swapaxes(rot, -1, -2))   # R x per point; 10x einsum
     return (s[..., None, None] * x + t[..., None, :]).astype(np.float32)
+
+
+def torso_to_px(torso: np.ndarray, ref_pose: np.ndarray) -> np.ndarray:
+    """Stage-1 torso motion ``(T, 2)`` x, y shifts in canonical units -> ``(T, 2)`` float32 image
+    pixels, at the portrait's scale ``ref_pose[6]`` (px per canonical unit)."""
+    return (torso * ref_pose[6]).astype(np.float32)
 
 
 def apply_head_offset(ref_pose: np.ndarray, head: np.ndarray) -> np.ndarray:

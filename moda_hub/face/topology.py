@@ -54,8 +54,6 @@ CHIN = 152
 NOSE_TIP = 1
 
 # Lip and eye positions inside LIPS / EYES, handy for slicing stage-1 outputs.
-LIPS_POS = {int(v): i for i, v in enumerate(LIPS)}
-EYES_POS = {int(v): i for i, v in enumerate(EYES)}
 
 
 def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Speech in, 50 Hz hidden states out — a speaker-robust front end trained on 680 k hours of real
 voices in ~100 languages, which stage 1 hears instead of log-mel + pocketsphinx phones
-(``moda_hub.features``, kind ``"whisper-tiny"``).
+(``moda_hub.speech.features``, kind ``"whisper-tiny"``).
 
 The network is Whisper's encoder (conv front end, sinusoidal positions, 4 pre-norm transformer
 layers, 384 wide) in plain torch with transformers' ``WhisperEncoder`` parameter names (its
@@ -24,8 +24,6 @@ front end: 25 ms Hann window, 10 ms hop, Slaney mel 0-8 kHz, log10, floor at max
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -33,7 +31,9 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-SAMPLE_RATE = 16000
+from ..options import SAMPLE_RATE
+from ..speech.audio import mel_filterbank
+
 N_FFT = 400
 HOP = 160
 #: Encoder states per second (two mel frames each: conv2 has stride 2).
@@ -44,8 +44,6 @@ MAX_WINDOW_SECONDS = 30.0
 
 def mel_filters(n_mels: int = 80) -> np.ndarray:
     """(n_mels, N_FFT // 2 + 1) float32 Slaney mel filterbank, 0-8 kHz (Whisper's / librosa's)."""
-    from ..audio import mel_filterbank
-
     return mel_filterbank(SAMPLE_RATE, N_FFT, n_mels, 0.0, 8000.0)
 
 

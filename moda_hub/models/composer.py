@@ -9,6 +9,7 @@ All quantities are in canonical units (outer-eye-corner distance = 1), see ``mod
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -59,6 +60,23 @@ class FacialComposer(ModelMixin, ConfigMixin):
         dense = (self.out(self.body(h)) * s).view(N, NUM_LANDMARKS, 3)
         dense = dense.index_copy(1, self.lips_idx, lip.to(dense.dtype))
         return dense.index_copy(1, self.eyes_idx, eye.to(dense.dtype))
+
+    #: Frames per forward pass in :meth:`dense_offsets`: GEMM kernels round rows differently for
+    #: other batch sizes (a ragged tail; AVX-512 MKL below 16 rows; 8 vs 32 rows), and a frame's
+    #: mesh must not depend on the chunk it falls in.
+    BLOCK_FRAMES = 16
+
+    def dense_offsets(self, lip: np.ndarray, eye: np.ndarray, cond: torch.Tensor) -> np.ndarray:
+        """Dense offsets (T, 478, 3) float32 numpy for a clip of any length: lip (T, 40, 3) and
+        eye (T, 60, 3) numpy, cond (1434,) tensor on the composer's device and dtype; canonical
+        units. Run in blocks of exactly :data:`BLOCK_FRAMES` frames (the last one padded by
+        repeating its last frame), so every frame gets the same numbers in any chunking."""
+        T, n = len(lip), self.BLOCK_FRAMES
+        rows = np.minimum(np.arange(T + (-T) % n), T - 1)
+        lip_t = torch.from_numpy(lip[rows]).to(cond)
+        eye_t = torch.from_numpy(eye[rows]).to(cond)
+        dense = torch.cat([self(lip_t[i:i + n], eye_t[i:i + n], cond) for i in range(0, len(rows), n)])
+        return dense.float().cpu().numpy()[:T]
 
     def loss(self, lip, eye, cond, dense_target) -> torch.Tensor:
         """MSE over the points the composer predicts (all but the given lip/eye points),

@@ -41,9 +41,21 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..face.topology import EYES, LIPS
+from ..options import OPTIONS
+from ..speech.audio import _hz_to_mel, _mel_to_hz
+from ..speech.kinds import PHONE_COLUMNS
 
-MOTION_PARTS = ("lip", "eye", "head", "torso")
 LIP_INPUTS = ("all", "phones", "phones+energy", "phones+bands")
+#: ProbAttn's extra condition is the blink rate (blinks per minute) divided by this.
+BLINK_RATE_SCALE = 20.0
+
+
+def blink_condition(blink_rate):
+    """The extra per-clip condition of a blink rate (blinks per minute): ``blink_rate / 20``
+    (same type as ``blink_rate``); training and inference both use it."""
+    return blink_rate / BLINK_RATE_SCALE
+
+
 #: "phones+bands": band edges (Hz) of the coarse loudness bands the lips hear besides the phones;
 #: the lowest two follow the first formant (jaw opening), the others the spectral tilt.
 LIP_BAND_EDGES_HZ = (20.0, 300.0, 800.0, 1500.0, 3000.0, 8000.0)
@@ -51,10 +63,8 @@ LIP_BAND_EDGES_HZ = (20.0, 300.0, 800.0, 1500.0, 3000.0, 8000.0)
 
 def band_matrix(n_mels: int, edges_hz=LIP_BAND_EDGES_HZ, fmin: float = 20.0, fmax: float = 8000.0) -> torch.Tensor:
     """(n_mels, len(edges_hz) - 1) averaging matrix: column b is the mean of the log-mel bins
-    (``moda_hub.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
+    (``moda_hub.speech.audio.audio_features`` layout: Slaney mel, ``fmin``..``fmax`` Hz) whose centre
     frequency lies in ``[edges_hz[b], edges_hz[b + 1])``."""
-    from ..audio import _hz_to_mel, _mel_to_hz
-
     centres = _mel_to_hz(np.linspace(float(_hz_to_mel(fmin)), float(_hz_to_mel(fmax)), n_mels + 2))[1:-1]
     m = np.zeros((n_mels, len(edges_hz) - 1), np.float32)
     for b, (lo, hi) in enumerate(zip(edges_hz[:-1], edges_hz[1:])):
@@ -206,7 +216,7 @@ class ModaModel(ModelMixin, ConfigMixin):
 
     Args:
         features (str, default "logmel+phones"): the input features the model was trained on
-            (``moda_hub.features.speech_features`` kind).
+            (``moda_hub.speech.features.speech_features`` kind).
         audio_dim (int, default 93): feature columns per frame.
         cond_dim (int, default 1434): the subject's canonical mesh, flattened (478 * 3).
         dim (int, default 128): transformer width.
@@ -233,7 +243,7 @@ class ModaModel(ModelMixin, ConfigMixin):
             :data:`LIP_BAND_EDGES_HZ` (coarse spectral shape: first formant and tilt, not the
             voice's fine timbre). ProbAttn always hears every column.
         phone_dim (int, default 13): width of the phone stream at the end of the features
-            (``moda_hub.features.PHONE_COLUMNS[features]``: 13, or 14 with the opening column).
+            (``moda_hub.speech.features.PHONE_COLUMNS[features]``: 13, or 14 with the opening column).
     """
 
     config_name = "config.json"
@@ -250,8 +260,6 @@ class ModaModel(ModelMixin, ConfigMixin):
         if lip_input != "all" and not 0 < phone_dim < audio_dim + (lip_input == "phones"):
             raise ValueError(f"lip_input={lip_input!r} needs a phone stream: phone_dim={phone_dim} "
                              f"columns at the end of audio_dim={audio_dim} features")
-        from ..features import PHONE_COLUMNS
-
         if lip_input != "all" and PHONE_COLUMNS.get(features) not in (None, 0, phone_dim):
             raise ValueError(f"features={features!r} end in {PHONE_COLUMNS[features]} phone columns, "
                              f"not phone_dim={phone_dim} — set phone_dim={PHONE_COLUMNS[features]}")
@@ -393,7 +401,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         """Motion for a clip of any length, in physical units.
 
         audio_features (T, F) or (B, T, F); cond (1434,) or (B, 1434) canonical units;
-        extra (E,) or (B, E) per-clip controls (default: blink rate 17/min -> 0.85).
+        extra (E,) or (B, E) per-clip controls (default: :func:`blink_condition` of the default blink rate).
         latent: a grid from :meth:`sample_latent` for the whole clip (drawn here if None).
         frame_range (start, stop): compute only these frames (for streaming); the windows are
         the same as for the whole clip, so a chunk equals the same frames of a full call.
@@ -411,7 +419,7 @@ class ModaModel(ModelMixin, ConfigMixin):
         B, T, _ = feats.shape
         cond = cond.reshape(-1, self.config.cond_dim).expand(B, -1).to(device, dtype)
         if extra is None:
-            extra = torch.full((B, self.config.extra_cond_dim), 0.85)
+            extra = torch.full((B, self.config.extra_cond_dim), blink_condition(OPTIONS["blink_rate"].default))
         extra = extra.reshape(-1, self.config.extra_cond_dim).expand(B, -1).to(device, dtype)
         if latent is None:
             latent = self.sample_latent(T, B, generator, temperature)

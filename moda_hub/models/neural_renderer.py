@@ -47,10 +47,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..errors import InvalidParameterError
-from ..render.crop import CropBox, face_crop_box
+from ..render.crop import CropBox
 from ..render.sketch import NUM_CHANNELS as SKETCH_CHANNELS
 from ..render.sketch import draw_sketch
-from ..render.warp import frame_meshes
+from ..render.warp import WarpRenderer, frame_meshes
+from ..weights import load_component
 
 
 # ----------------------------------------------------------------------------- image helpers
@@ -291,17 +292,11 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
     def warp_renderer(self):
         """The WarpRenderer that makes the first guess (same crop as this renderer's canvas)."""
         if self._warp is None:
-            from ..render.warp import WarpRenderer
 
             cfg = self.config
             self._warp = WarpRenderer(output_size=int(cfg.canvas_size), crop_scale=cfg.crop_scale,
                                       crop_shift_y=cfg.crop_shift_y)
         return self._warp
-
-    def crop_box(self, landmarks_px: np.ndarray, image_hw: tuple[int, int]) -> CropBox:
-        """The canvas for a face: ``canvas_size`` square, the WarpRenderer's crop."""
-        cfg = self.config
-        return face_crop_box(landmarks_px, image_hw, cfg.canvas_size, cfg.crop_scale, cfg.crop_shift_y)
 
     def sketch(self, landmarks_canvas: np.ndarray) -> np.ndarray:
         """(478, 3) canvas pixels -> (C, S, S) float32 sketch on the network's grid."""
@@ -406,6 +401,5 @@ class NeuralRenderer(ModelMixin, ConfigMixin):
         """Load a trained renderer folder (config.json + safetensors) with the checks of
         :mod:`moda_hub.weights`: safetensors only, every tensor present with its shape, all finite;
         any problem raises ``WeightsError`` naming the file (``subfolder`` is supported)."""
-        from ..weights import load_component
 
         return load_component(cls, super().from_pretrained, pretrained_model_name_or_path, **kwargs)

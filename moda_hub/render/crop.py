@@ -54,21 +54,6 @@ class CropBox:
             xy[..., 2:] *= self.scale
         return xy
 
-    def to_full(self, xy_canvas: np.ndarray) -> np.ndarray:
-        """Canvas pixels (..., 2 or 3) -> full-image pixels."""
-        xy = np.array(xy_canvas, dtype=np.float32, copy=True)
-        xy[..., 0] = xy[..., 0] / self.scale + self.x0
-        xy[..., 1] = xy[..., 1] / self.scale + self.y0
-        if xy.shape[-1] > 2:
-            xy[..., 2:] /= self.scale
-        return xy
-
-    @property
-    def is_full_image(self) -> bool:
-        """True when the canvas is pasted back into the portrait (scale 1, inside the image)."""
-        return self.scale == 1.0 and self.x0 >= 0 and self.y0 >= 0 and \
-            self.x0 + self.width <= self.image_hw[1] and self.y0 + self.height <= self.image_hw[0]
-
     @property
     def border_edges(self) -> tuple[bool, bool, bool, bool]:
         """(left, top, right, bottom): canvas edges on or beyond the portrait's border (nothing but
@@ -269,7 +254,7 @@ def paste_back(image_rgb: np.ndarray, canvas_rgb: np.ndarray, box: CropBox, feat
                out: np.ndarray | None = None) -> np.ndarray:
     """The full portrait with the canvas blended in: (H, W, 3) uint8.
 
-    box must be a full-image canvas (``box.is_full_image``); feather from :func:`feather_mask`.
+    box must be a full-image canvas (scale 1, inside the portrait); feather from :func:`feather_mask`.
     Only the ramps are blended; the rest is copied. ``out`` (H, W, 3) uint8 is filled and
     returned when given.
     """

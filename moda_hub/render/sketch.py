@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from moda_hub.face import topology as topo
+from moda_hub.render.mesh import face_triangles
 
 NUM_CHANNELS = 5
 _SHIFT = 4                                    # cv2 fixed-point bits (1/16 px)
@@ -68,7 +69,6 @@ def draw_sketch(landmarks: np.ndarray, size: int | tuple[int, int], thickness: f
 
 def _draw_depth(canvas: np.ndarray, lm: np.ndarray) -> None:
     """Face triangles filled far to near with their depth mapped to 40..255 (near = bright)."""
-    from moda_hub.render.mesh import face_triangles
 
     tri = face_triangles()
     z = lm[:468, 2]

@@ -1,12 +1,13 @@
 """What one Space request does: speech in, N variations out (video, mesh preview, landmarks .npz).
 
-The speech is decoded (or spoken by espeak-ng) once and the portrait decoded once; each
-variation then runs :meth:`ModaPipeline.stream` with its own seed, which writes the MP4 chunk
-by chunk; for the first variation the same chunks also go into a side-by-side "frame | mesh"
+The speech is decoded (or spoken by espeak-ng) and its features computed once, and the face
+found once (:meth:`ModaPipeline.prepare_speech`, :func:`prepare_subject`); each variation then
+runs :meth:`ModaPipeline.stream` on them with its own seed, which writes the MP4 chunk by chunk;
+for the first variation the same chunks also go into a side-by-side "frame | mesh"
 MP4. No more than one chunk of frames is held in memory.
 
 Example:
-    >>> wav = load_speech(text="Hello there!", voice="en-us", speech_rate=165)
+    >>> wav = load_speech(text="Hello there!", voice="en-us")
     >>> results = animate(pipe, "examples/portrait.png", wav, AnimateOptions(seed=3, variations=2),
     ...                   out_dir="/tmp/moda-req")
     >>> results[1].seed, results[0].video_path
@@ -22,17 +23,19 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from moda_hub.audio import load_audio, synthesize_speech
 from moda_hub.errors import AudioDecodeError, InvalidParameterError
 from moda_hub.face.image import load_image
 from moda_hub.face.subject import MAX_IMAGE_SIDE, prepare_subject
+from moda_hub.options import SAMPLE_RATE, SEED_RANGE, GenerateOptions, check_speech_source
+from moda_hub.speech.audio import load_audio, synthesize_speech
 from moda_hub.video import Mp4Writer
 
 from .draw import side_by_side
 
-SAMPLE_RATE = 16000
 MAX_VARIATIONS = 4
-MAX_SEED = 2 ** 63 - 1
+#: The largest first seed: the last variation's seed (seed + MAX_VARIATIONS - 1) stays in SEED_RANGE.
+MAX_SEED = SEED_RANGE[1] - MAX_VARIATIONS
+DEFAULTS = GenerateOptions()
 
 STAGE_NAMES = {"audio": "reading the speech", "face": "finding the face",
                "features": "speech features and motion latent", "motion": "sampling motion (stage 1)",
@@ -42,25 +45,26 @@ STAGE_NAMES = {"audio": "reading the speech", "face": "finding the face",
 
 @dataclass
 class AnimateOptions:
-    """Sampling and render controls of one request (defaults are the pipeline's)."""
-    seed: int = 0                      # variation i uses seed + i (blinks and head motion)
-    temperature: float = 1.0           # scale of the sampled latent; 0 = the mean motion
-    variations: int = 1                # 1 to 4 videos with consecutive seeds
-    fps: int = 30                      # output frame rate, 25 or 30
-    output_size: int = 256             # 256 / 512 square face crop, 0 = full image pasted back
-    mouth_scale: float = 1.0           # lip motion amplitude
-    head_motion_scale: float = 1.0     # head and torso motion amplitude
-    blink_rate: float = 17.0           # blinks per minute the model aims for
-    still: bool = False                # head and torso still; lips and blinks kept
-    face_index: Optional[int] = None   # face left to right in a group photo; None = the largest
-    expression_scale: float = 1.0      # portrait's own expression kept: 1 as photographed, 0 neutral
+    """Sampling and render controls of one request: the options of :mod:`moda_hub.options`
+    (defaults, ranges and meaning there) plus the number of variations."""
+    seed: int = DEFAULTS.seed                           # variation i uses seed + i
+    temperature: float = DEFAULTS.temperature
+    variations: int = 1                                 # 1 to MAX_VARIATIONS videos with consecutive seeds
+    fps: int = DEFAULTS.fps
+    output_size: Optional[int] = DEFAULTS.output_size
+    mouth_scale: float = DEFAULTS.mouth_scale
+    head_motion_scale: float = DEFAULTS.head_motion_scale
+    blink_rate: float = DEFAULTS.blink_rate
+    still: bool = DEFAULTS.still
+    face_index: Optional[int] = DEFAULTS.face_index
+    expression_scale: float = DEFAULTS.expression_scale
 
     def check(self) -> None:
         """Raise InvalidParameterError for a seed or a number of variations out of range
         (the pipeline checks the rest)."""
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or not 0 <= self.seed <= MAX_SEED - MAX_VARIATIONS:
-            raise InvalidParameterError(f"seed={self.seed!r} — use a whole number from 0 to {MAX_SEED - MAX_VARIATIONS}")
+                or not SEED_RANGE[0] <= self.seed <= MAX_SEED:
+            raise InvalidParameterError(f"seed={self.seed!r} — use a whole number from {SEED_RANGE[0]} to {MAX_SEED}")
         if isinstance(self.variations, bool) or not isinstance(self.variations, (int, np.integer)) \
                 or not 1 <= self.variations <= MAX_VARIATIONS:
             raise InvalidParameterError(f"variations={self.variations!r} — use 1 to {MAX_VARIATIONS}")
@@ -91,13 +95,13 @@ class Variation:
     fps: float
 
 
-def load_speech(audio=None, text: Optional[str] = None, *, voice: str = "en-us", speech_rate: int = 165,
-                max_seconds: Optional[float] = None) -> np.ndarray:
+def load_speech(audio=None, text: Optional[str] = None, *, voice: str = DEFAULTS.voice,
+                speech_rate: int = DEFAULTS.speech_rate, max_seconds: Optional[float] = None) -> np.ndarray:
     """The speech of a request as (N,) float32 mono at 16 kHz: ``audio`` decoded or ``text`` spoken.
 
     Args:
         audio: a file path, ``(sample_rate, samples)`` tuple or anything
-            :func:`moda_hub.audio.load_audio` takes; None when ``text`` is given.
+            :func:`moda_hub.speech.audio.load_audio` takes; None when ``text`` is given.
         text (str, optional): spoken by espeak-ng with ``voice`` and ``speech_rate`` (words/min).
         max_seconds (float, optional): longer speech raises InputTooLongError.
 
@@ -105,12 +109,11 @@ def load_speech(audio=None, text: Optional[str] = None, *, voice: str = "en-us",
         AudioDecodeError: neither given. InvalidParameterError: both given.
         InputTooLongError, TextToSpeechError: from the audio front-end.
     """
+    check_speech_source(audio, text, blank_text_is_none=True, none_error=AudioDecodeError,
+                        none_message="no speech given — upload or record speech, or type text to speak",
+                        both_message="both speech audio and text were given — give one of them "
+                                     "(clear the audio or the text)")
     text = text.strip() if isinstance(text, str) else text
-    if audio is None and not text:
-        raise AudioDecodeError("no speech given — upload or record speech, or type text to speak")
-    if audio is not None and text:
-        raise InvalidParameterError("both speech audio and text were given — give one of them "
-                                    "(clear the audio or the text)")
     if text:
         return synthesize_speech(text, voice=voice, rate=int(speech_rate), max_seconds=max_seconds)
     return load_audio(audio, SAMPLE_RATE, max_seconds=max_seconds)
@@ -157,7 +160,9 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
     pipe.check_inputs(wav, None, options.fps, "mp4", options.temperature, options.mouth_scale,
                       options.head_motion_scale, options.blink_rate, options.output_size,
                       expression_scale=options.expression_scale)
-    rgb = load_image(image, max_side=MAX_IMAGE_SIDE)     # huge photos: decided from the header, bounded
+    # once per request, whatever the number of variations: the face, and the speech's features
+    subject = prepare_subject(load_image(image, max_side=MAX_IMAGE_SIDE), face_index=options.face_index)
+    speech = pipe.prepare_speech(wav, sample_rate=SAMPLE_RATE, max_audio_seconds=None)  # load_speech applied the limit
     n = int(options.variations)
     results = []
     for i in range(n):
@@ -169,17 +174,14 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
                 progress(min(1.0, (i + fraction) / n), prefix + STAGE_NAMES.get(stage, stage))
 
         base = os.path.join(out_dir, f"moda_seed{seed}")
-        chunks = pipe.stream(rgb, wav, sample_rate=SAMPLE_RATE, generator=torch.Generator().manual_seed(seed),
+        chunks = pipe.stream(subject, speech, generator=torch.Generator().manual_seed(seed),
                              temperature=options.temperature, mouth_scale=options.mouth_scale,
                              head_motion_scale=options.head_motion_scale, blink_rate=options.blink_rate,
-                             still=options.still, fps=options.fps, face_index=options.face_index,
-                             expression_scale=options.expression_scale,
-                             output_size=options.output_size, output_path=base + ".mp4",
-                             max_audio_seconds=None,            # load_speech applied the limit
-                             callback=report)
+                             still=options.still, fps=options.fps, expression_scale=options.expression_scale,
+                             output_size=options.output_size, output_path=base + ".mp4", callback=report)
         mesh_path = base + "_mesh.mp4" if mesh_preview and i == 0 else None
         with torch.no_grad():
-            landmarks, motion = _consume(pipe, chunks, rgb, wav, options, mesh_path)
+            landmarks, motion = _consume(chunks, wav, options.fps, mesh_path)
         npz_path = save_landmarks_npz(base + "_landmarks.npz", landmarks, motion, options.fps,
                                       seed) if save_npz else None
         results.append(Variation(seed, base + ".mp4", mesh_path, npz_path, landmarks, motion,
@@ -189,30 +191,20 @@ def animate(pipe, image, wav: np.ndarray, options: AnimateOptions, out_dir: str,
     return results
 
 
-def _consume(pipe, chunks, rgb: np.ndarray, wav: np.ndarray, options: AnimateOptions,
-             mesh_path: Optional[str]):
+def _consume(chunks, wav: np.ndarray, fps: int, mesh_path: Optional[str]):
     """Run the pipeline's stream to the end (it writes the MP4), writing the side-by-side
-    MP4 to ``mesh_path`` on the way. Returns landmarks (T, 478, 3) and motion of the whole clip."""
+    MP4 to ``mesh_path`` on the way (the mesh drawn in frame pixels through the renderer's
+    prepared portrait, ``chunk.portrait.to_output_px``; without it the panel shows the frames
+    alone). Returns landmarks (T, 478, 3) and motion of the whole clip."""
     landmarks, motion = [], []
-    to_output_px = None
     with contextlib.ExitStack() as stack:
-        mesh_writer = stack.enter_context(Mp4Writer(mesh_path, options.fps, audio=wav, sample_rate=SAMPLE_RATE)) \
+        mesh_writer = stack.enter_context(Mp4Writer(mesh_path, fps, audio=wav, sample_rate=SAMPLE_RATE)) \
             if mesh_path else None
         for chunk in chunks:
             landmarks.append(chunk.landmarks)
             motion.append(chunk.motion)
             if mesh_writer is not None:
-                if to_output_px is None:           # the face is known to be there by now
-                    to_output_px = _output_mapping(pipe.renderer, rgb, options)
+                to_output_px = getattr(chunk.portrait, "to_output_px", None)
                 mesh_writer.write(side_by_side(chunk.frames, to_output_px(chunk.landmarks)
                                                if to_output_px else None))
     return np.concatenate(landmarks), {k: np.concatenate([m[k] for m in motion]) for k in motion[0]}
-
-
-def _output_mapping(renderer, rgb: np.ndarray, options: AnimateOptions):
-    """Map full-portrait pixels -> pixels of the rendered frames (the renderer's crop), or a
-    function returning None when the renderer's prepared portrait does not say (the mesh panel
-    then shows the frames without a mesh)."""
-    subject = prepare_subject(rgb, face_index=options.face_index)
-    prepared = renderer.prepare(subject.image, subject.landmarks_px, output_size=options.output_size)
-    return getattr(prepared, "to_output_px", lambda landmarks: None)

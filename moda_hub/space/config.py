@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from moda_hub.errors import InvalidParameterError
+from moda_hub.options import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class SpaceConfig:
     host: str = "127.0.0.1"                     # MODA_HOST or GRADIO_SERVER_NAME
     port: int = 7860                            # MODA_PORT or GRADIO_SERVER_PORT
     # Pipeline folder (model_index.json + components) or a Hub repo id.
-    model: str = "pretrained/moda-base"         # MODA_MODEL
+    model: str = DEFAULT_MODEL                  # MODA_MODEL (default: the shipped pretrained/moda-base)
     # Requests generating at the same time; the rest wait in the queue. Each one keeps about
     # one CPU core busy, so more than the number of cores only makes everybody slower.
     concurrency: int = 2                        # MODA_CONCURRENCY

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from moda_hub.face import topology as topo
 from moda_hub.face.landmarks import face_box
+from moda_hub.render.mesh import face_triangles
 
 _BOX_COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255)]
 # RGB colours of the mesh drawing
@@ -72,7 +73,6 @@ def _font(size: int):
 @lru_cache(maxsize=1)
 def _mesh_edges() -> np.ndarray:
     """(E, 2) unique edges of the face tessellation (landmark ids)."""
-    from moda_hub.render.mesh import face_triangles
 
     tris = face_triangles()
     edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])

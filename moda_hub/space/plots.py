@@ -10,19 +10,21 @@ from typing import Optional, Sequence
 import numpy as np
 
 from moda_hub.face.topology import eye_openness, mouth_aperture
-from moda_hub.motion import BLINK_CLOSED_RATIO, count_blinks
+from moda_hub.motion.blinks import BLINK_CLOSED_RATIO, count_blinks
+from moda_hub.options import SAMPLE_RATE
+from moda_hub.speech.audio import rms_envelope
 
 _COLOURS = ["#4c6ef5", "#e8590c", "#2f9e44", "#ae3ec9"]
 
 
 def blink_threshold(openness: np.ndarray) -> float:
     """Eye openness below which a frame counts as (part of) a blink: the threshold of
-    :func:`moda_hub.motion.count_blinks` (``BLINK_CLOSED_RATIO`` x the median, the open level), so
+    :func:`moda_hub.motion.blinks.count_blinks` (``BLINK_CLOSED_RATIO`` x the median, the open level), so
     the plot counts what ``moda evaluate`` counts."""
     return BLINK_CLOSED_RATIO * float(np.median(openness)) if len(openness) else 0.0
 
 
-def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample_rate: int = 16000):
+def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample_rate: int = SAMPLE_RATE):
     """Three panels over time (seconds), one line per variation.
 
     Args:
@@ -42,7 +44,6 @@ def motion_figure(variations: Sequence, wav: Optional[np.ndarray] = None, sample
     fig.suptitle("Motion over time: mouth aperture, blinks and head pose", fontsize=11)
     ax_mouth, ax_eye, ax_head = fig.subplots(3, 1, sharex=True)
     if wav is not None and len(variations):
-        from moda_hub.audio import rms_envelope
 
         fps = variations[0].fps
         env = rms_envelope(np.asarray(wav, np.float32), sample_rate, fps)

@@ -12,7 +12,7 @@ def train_stage(stage: str, data: str, out: str, minutes: Optional[float] = None
     for "moda", ``lip_input`` ("all" | "phones" | "phones+energy" | "phones+bands", see ``ModaModel``)
     sets what a model trained from scratch feeds its lips (the shipped recipe: "phones+bands") and
     ``ema_decay`` whether the saved weights are a moving average (the shipped recipe: 0.998),
-    ``features`` what it hears (``moda_hub.features.FEATURE_KINDS``; the shipped recipe:
+    ``features`` what it hears (``moda_hub.speech.kinds.FEATURE_KINDS``; the shipped recipe:
     "whisper-tiny", which needs a corpus with encoder states); ``threads``
     (torch CPU threads, None = the trainer's default) goes to every stage."""
     if stage == "renderer":

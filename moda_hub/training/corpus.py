@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..data.deform import BLINK_L, BLINK_R
-from ..motion import count_blinks
+from ..face.rig import BLINK_L, BLINK_R
+from ..motion.blinks import count_blinks
 
 
 def _shards(data_dir: str, split: str):
@@ -48,7 +48,7 @@ def blink_rate_of(params: np.ndarray, fps: float) -> float:
 class MotionCorpus:
     """Stage-1 utterances of one split.
 
-    features: a ``moda_hub.features.FEATURE_KINDS`` kind: the log-mel rows, then the first
+    features: a ``moda_hub.speech.kinds.FEATURE_KINDS`` kind: the log-mel rows, then the first
     ``PHONE_COLUMNS[features]`` columns of the stored phone stream (a corpus built before the
     opening column has 13: it serves "logmel" and "logmel+phones" only); for the encoder kinds
     ("whisper-tiny") the stored ``states`` instead (a corpus built before them has none: rebuild
@@ -59,7 +59,7 @@ class MotionCorpus:
     """
 
     def __init__(self, data_dir: str, split: str, features: str = "logmel+phones+opening"):
-        from moda_hub.features import ENCODER_KINDS, PHONE_COLUMNS, feature_dim
+        from moda_hub.speech.features import ENCODER_KINDS, PHONE_COLUMNS, feature_dim
 
         feature_dim(features)
         encoded = features in ENCODER_KINDS

@@ -15,8 +15,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..features import PHONE_COLUMNS
-from ..models.moda import ModaModel
+from ..speech.features import PHONE_COLUMNS
+from ..models.moda import ModaModel, blink_condition
 from .corpus import MotionCorpus
 from .runlog import RunLog
 from .threads import set_cpu_threads
@@ -58,7 +58,7 @@ class WindowBatches:
                 parts[p][b, :n] = u[p][s:s + n].reshape(n, -1)
             mask[b, :n] = 1
             cond[b] = self.corpus.subjects[u["subject"]].reshape(-1)
-            extra[b, 0] = u["blink_rate"] / 20.0
+            extra[b, 0] = blink_condition(u["blink_rate"])
         to = torch.from_numpy
         targets = {p: self.model.normalize(p, to(parts[p])) * to(mask)[..., None] for p in PARTS}
         return to(feats), to(cond), to(extra), targets, to(mask)
@@ -107,7 +107,7 @@ def validate(model: ModaModel, corpus: MotionCorpus, max_utterances: int = 64) -
     for u in corpus.utterances[:max_utterances]:
         out = model.generate(torch.from_numpy(u["features"].astype(np.float32)),
                              torch.from_numpy(corpus.subjects[u["subject"]].reshape(-1)),
-                             torch.tensor([u["blink_rate"] / 20.0]), generator=gen)
+                             torch.tensor([blink_condition(u["blink_rate"])]), generator=gen)
         lip = out["lip"].numpy()
         errs.append(np.linalg.norm(lip - u["lip"].reshape(lip.shape), axis=-1).mean())
     model.train()
@@ -135,7 +135,7 @@ def calibrate_latent_scale(model: ModaModel, corpus: MotionCorpus, candidates=(1
             z = torch.randn(1, len(feats) // model.config.latent_stride + 2, model.config.latent_dim,
                             generator=gen) * scale
             out = model.generate(feats, torch.from_numpy(corpus.subjects[u["subject"]].reshape(-1)),
-                                 torch.tensor([u["blink_rate"] / 20.0]), latent=z)
+                                 torch.tensor([blink_condition(u["blink_rate"])]), latent=z)
             heads.append(out["head"][:, :3].numpy())
         err = abs(np.log(np.concatenate(heads).std(0).mean() / target))
         if err < best_err:

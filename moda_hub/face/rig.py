@@ -7,7 +7,7 @@ dense offsets ``(T, 478, 3)`` float32 in canonical units, so that
 ``subject_mesh + offsets`` is the deformed face (the stage-2 target; stage-1 lip / eye
 targets are its ``topology.LIPS`` / ``topology.EYES`` rows).
 
-Parameters (:data:`PARAMS`): the seven mouth parameters of :mod:`moda_hub.data.visemes`
+Parameters (:data:`PARAMS`): the seven mouth parameters :data:`MOUTH_PARAMS`
 (0..~1) then ``blink_left``, ``blink_right`` (0 open .. 1 closed; MediaPipe's "left" = the
 subject's left), ``brow_raise`` (0..1, 1 = about 0.045 canonical units up), ``gaze_x``,
 ``gaze_y`` (eye rotation in degrees, + = image right / down).
@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from moda_hub.data.visemes import MOUTH_PARAMS
 from moda_hub.face import topology as topo
 
+#: The rig's seven mouth parameters (the synthetic corpus's visemes are targets over these).
+MOUTH_PARAMS = ("jaw_open", "lip_round", "lip_spread", "upper_lip_raise", "lower_lip_tuck",
+                "lip_press", "lip_part")
 PARAMS = MOUTH_PARAMS + ("blink_left", "blink_right", "brow_raise", "gaze_x", "gaze_y")
 P_ALL = len(PARAMS)
 (JAW, ROUND, SPREAD, RAISE, TUCK, PRESS, PART,
@@ -289,9 +291,3 @@ class FaceRig:
         """Deformed meshes (T, 478, 3) = subject mesh + :meth:`offsets`."""
         return self.mesh[None] + self.offsets(params)
 
-
-def neutral_params(num_frames: int) -> np.ndarray:
-    """(T, P) parameters of a relaxed face: mouth closed, eyes open, gaze ahead."""
-    p = np.zeros((num_frames, P_ALL), np.float32)
-    p[:, PRESS] = 0.5
-    return p

@@ -32,7 +32,7 @@ load another libespeak-ng instead; :func:`library_path` says which one a process
 
 Example::
 
-    >>> from moda_hub.espeak import speak
+    >>> from moda_hub.speech.espeak import speak
     >>> res = speak("Hello world", voice="en-us+f3", rate=160)
     >>> res.samples.shape, res.sample_rate       # ((N,), 22050)
     >>> res.phonemes[:2]                          # [('h', 0.012, 0.062), ('@', 0.062, 0.112)]
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moda_hub.errors import InputTooLongError, InvalidParameterError, TextToSpeechError
+from moda_hub.options import SPEECH_RATE_RANGE
 
 __all__ = [
     "LOCK",
@@ -96,7 +97,7 @@ _EE_OK = 0
 #: utterance so that equal inputs give equal samples.
 RAND_SEED = 1
 
-RATE_RANGE = (80, 450)  # words per minute, espeak-ng's accepted range
+RATE_RANGE = SPEECH_RATE_RANGE  # words per minute, espeak-ng's accepted range
 PITCH_RANGE = (0, 100)  # espeak-ng's 0..100 pitch scale (50 = voice default)
 
 
@@ -398,7 +399,7 @@ def resolve_voice(voice: str) -> str:
         raise InvalidParameterError(
             f"unknown espeak-ng voice {base!r} — use one of "
             f"{_suggest(base, [v.key for v in voices])} "
-            f"(moda_hub.espeak.list_voices() lists all {len(voices)})")
+            f"(moda_hub.speech.espeak.list_voices() lists all {len(voices)})")
     resolved = match.identifier
     if variant:
         variants = list_variants()
@@ -408,7 +409,7 @@ def resolve_voice(voice: str) -> str:
             raise InvalidParameterError(
                 f"unknown espeak-ng voice variant {variant!r} — use one of "
                 f"{_suggest(variant, [v.key for v in variants])} "
-                f"(moda_hub.espeak.list_variants() lists all {len(variants)})")
+                f"(moda_hub.speech.espeak.list_variants() lists all {len(variants)})")
         resolved += "+" + vmatch.key
     return resolved
 
@@ -477,11 +478,13 @@ def _synth_raw(text: str, resolved_voice: str, params: dict, end_pause: bool) ->
 # pristine state, so equal inputs give bit-identical samples in any process, in any order.
 # An espeak-ng crash on odd input kills only that child.
 
+#: the moda_hub package folder (the helper imports its modules from there, without its __init__)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKER_BOOT = (
     "import sys, types\n"
     "pkg = types.ModuleType('moda_hub'); pkg.__path__ = [sys.argv[1]]\n"
-    "sys.modules['moda_hub'] = pkg\n"  # import espeak.py + errors.py only, not the whole package
-    "from moda_hub.espeak import _worker_main\n"
+    "sys.modules['moda_hub'] = pkg\n"  # import speech/espeak.py + errors.py only, not the whole package
+    "from moda_hub.speech.espeak import _worker_main\n"
     "_worker_main()\n"
 )
 
@@ -579,7 +582,7 @@ class _Worker:
         import subprocess
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOT, os.path.dirname(os.path.abspath(__file__))],
+            [sys.executable, "-c", _WORKER_BOOT, _PACKAGE_DIR],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
             process_group=0)   # own process group: a terminal's Ctrl-C goes to the parent only
         import time
@@ -742,7 +745,7 @@ def speak(
     if raw["voice_rc"] != _EE_OK:
         raise InvalidParameterError(
             f"espeak-ng could not load voice {voice!r} ({resolved}) — pick another from "
-            "moda_hub.espeak.list_voices()")
+            "moda_hub.speech.espeak.list_voices()")
     if raw["synth_rc"] != _EE_OK:
         raise TextToSpeechError(f"espeak-ng failed to speak the text (error {raw['synth_rc']})"
                                 " — try shorter or plainer text")

@@ -3,14 +3,14 @@
 pocketsphinx holds the GIL for the whole decode (measured: a second Python thread runs 7x
 slower while it decodes, and two decoding threads take as long as one after the other), so a
 thread cannot overlap it with anything. :class:`PhoneWorker` keeps one helper interpreter that
-imports only ``moda_hub.phones`` (numpy, scipy, pocketsphinx: not torch, diffusers or the
-user's ``__main__``) and answers :func:`moda_hub.phones.phone_stream` requests in
+imports only ``moda_hub.speech.phones`` (numpy, scipy, pocketsphinx: not torch, diffusers or the
+user's ``__main__``) and answers :func:`moda_hub.speech.phones.phone_stream` requests in
 order through two pipes. The same audio gives the same rows in either process (a fresh decoder
-per request, see ``moda_hub.phones._decoder``).
+per request, see ``moda_hub.speech.phones._decoder``).
 
 ``MODA_PHONE_WORKER=0`` turns the helper off (everything runs in the calling process). A helper
 that cannot start or dies makes its requests fail with :class:`PhoneWorkerError`; callers then
-recognise in-process (``moda_hub.features.FeatureTable`` does), so a result never depends on it.
+recognise in-process (``moda_hub.speech.features.FeatureTable`` does), so a result never depends on it.
 
 Example:
     >>> worker = shared_worker()                           # None when turned off or unavailable
@@ -35,7 +35,7 @@ import numpy as np
 PHONE_WORKER_ENV = "MODA_PHONE_WORKER"
 
 # The helper: a bare ``moda_hub`` package object (its __init__ imports torch and diffusers, ~10 s)
-# so that ``moda_hub.phones`` loads alone. Protocol (no pickle: plain structs + float32 arrays) on
+# so that ``moda_hub.speech.phones`` loads alone. Protocol (no pickle: plain structs + float32 arrays) on
 # the inherited stdin / stdout; anything else the libraries print to fd 1 goes to stderr.
 #   request:  <QIdQ rid, sample_rate, fps, n> + n float32 samples
 #   response: <QIII rid, status, a, b> + (status 0) a x b float32 rows | (1) a bytes of error text
@@ -48,7 +48,7 @@ import numpy as np
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 pkg = types.ModuleType("moda_hub"); pkg.__path__ = [sys.argv[1]]; sys.modules["moda_hub"] = pkg
-from moda_hub.phones import phone_stream
+from moda_hub.speech.phones import phone_stream
 REQ, RES = struct.Struct("<QIdQ"), struct.Struct("<QIII")
 inp = sys.stdin.buffer
 def read(n):
@@ -78,7 +78,7 @@ class PhoneWorkerError(RuntimeError):
 
 
 class PhoneWorker:
-    """One helper process for :func:`moda_hub.phones.phone_stream`; thread-safe.
+    """One helper process for :func:`moda_hub.speech.phones.phone_stream`; thread-safe.
 
     Requests are answered in submission order. A request whose future was cancelled before the
     helper took it is skipped, so a caller may take work back (``future.cancel()`` returns True)
@@ -86,7 +86,7 @@ class PhoneWorker:
     """
 
     def __init__(self):
-        pkg_dir = os.path.dirname(os.path.abspath(__file__))
+        pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # moda_hub/
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, pkg_dir],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, close_fds=True,

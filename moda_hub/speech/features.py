@@ -3,17 +3,17 @@
 A ``ModaModel`` records in its config which kind it was trained on (``features``), and
 the pipeline, the corpus builder and the evaluation all compute them here, so they agree.
 
-- ``"logmel"``: 80 log-mel bins, per-utterance normalised (``moda_hub.audio.audio_features``).
+- ``"logmel"``: 80 log-mel bins, per-utterance normalised (``moda_hub.speech.audio.audio_features``).
 - ``"logmel+phones"``: the 80 log-mel bins, then 13 viseme-class occupancies from
-  pocketsphinx's en-us phone recogniser (``moda_hub.phones.phone_viseme_features``) — a
+  pocketsphinx's en-us phone recogniser (``moda_hub.speech.phones.phone_viseme_features``) — a
   speaker-robust stream that closes much of the gap between espeak-ng and human voices.
 - ``"logmel+phones+opening"``: the same, then one more phone column: how open the mouth should
-  be for the recognised phone (the plain table of ``moda_hub.phones.VISEME_OPENING``,
-  unsmoothed; ``moda_hub.phones.phone_stream``), which the classes lump together.
+  be for the recognised phone (the plain table of ``moda_hub.speech.phones.VISEME_OPENING``,
+  unsmoothed; ``moda_hub.speech.phones.phone_stream``), which the classes lump together.
 
 - ``"whisper-tiny"``: the 384 hidden states of the ``audio_encoder`` component (the encoder of
   OpenAI Whisper tiny, ``moda_hub.models.audio_encoder``), computed in overlapping windows and
-  interpolated from 50 Hz to the model's frames (``moda_hub.speech_states``). Trained on real
+  interpolated from 50 Hz to the model's frames (``moda_hub.speech.speech_states``). Trained on real
   voices in ~100 languages: no pocketsphinx, no phone worker.
 
 The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
@@ -21,23 +21,18 @@ The phone stream is always the last ``PHONE_COLUMNS[kind]`` columns.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..options import SAMPLE_RATE
 from .audio import audio_features
+from .kinds import ENCODER_KINDS, PHONE_COLUMNS, feature_dim
+from .phone_worker import PhoneWorkerError, shared_worker
+from .phones import phone_stream
+from .speech_states import EncoderStates, default_encoder, encoder_features
 
-FEATURE_KINDS = {"logmel": 80, "logmel+phones": 93, "logmel+phones+opening": 94, "whisper-tiny": 384}
-#: Width of the phone stream at the end of each kind (the first columns of ``phone_stream``).
-PHONE_COLUMNS = {"logmel": 0, "logmel+phones": 13, "logmel+phones+opening": 14, "whisper-tiny": 0}
-#: Kinds computed by the pipeline's ``audio_encoder`` component (not log-mel + phones).
-ENCODER_KINDS = ("whisper-tiny",)
-
-
-def feature_dim(kind: str) -> int:
-    """Columns of :func:`speech_features` for ``kind``."""
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"unknown feature kind {kind!r} — use one of {sorted(FEATURE_KINDS)}")
-    return FEATURE_KINDS[kind]
 
 
 def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
@@ -47,15 +42,12 @@ def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "
     ``encoder``: the ``audio_encoder`` component for the encoder kinds (default: moda-base's)."""
     feature_dim(kind)
     if kind in ENCODER_KINDS:
-        from .speech_states import default_encoder, encoder_features
-
         _check_rate(sample_rate)
         return encoder_features(wav, fps, encoder if encoder is not None else default_encoder(),
                                 num_frames=int(round(len(wav) / sample_rate * fps)))
     mel = audio_features(wav, sample_rate, fps=fps)
     if kind == "logmel":
         return mel
-    from .phones import phone_stream
     ph = phone_stream(wav, sample_rate, fps)[:, :PHONE_COLUMNS[kind]]
     return np.concatenate([mel, ph.astype(np.float32)], axis=1)
 
@@ -65,7 +57,7 @@ def speech_features(wav: np.ndarray, sample_rate: int, fps: float, kind: str = "
 PHONE_SEGMENT_SECONDS = 30.0
 #: ... and the first segment is at most this long, so that the start of a clip is recognised on
 #: two cores at once: the calling process takes the first, the phone worker
-#: (``moda_hub.phone_worker``) the second and every later one, ahead of need. (Measured on the
+#: (``moda_hub.speech.phone_worker``) the second and every later one, ahead of need. (Measured on the
 #: 12 dev clips, cutting 6-14 s clips in two leaves the mean lip-sync r as it was: 0.368 vs 0.367.)
 PHONE_FIRST_SEGMENT_SECONDS = 6.0
 #: ... and the second (the phone worker's first) at most this long. Stage 1's first chunk reads a
@@ -79,7 +71,7 @@ _CUT_STEP_SECONDS = 0.1          # segment borders fall on multiples of this (wh
 
 
 def _check_rate(sample_rate: int) -> None:
-    if int(sample_rate) != 16000:
+    if int(sample_rate) != SAMPLE_RATE:
         raise ValueError(f"the audio encoder hears 16 kHz speech, not {sample_rate} Hz — resample first")
 
 
@@ -114,7 +106,7 @@ class FeatureTable:
     The log-mel stream (per-utterance normalised, cheap) is computed at once for the whole
     clip; the pocketsphinx phone stream (~6 % of the audio's duration) by
     :func:`phone_segments` segments: the first in this process when :meth:`upto` first asks for
-    its frames, every later one in the phone worker process (``moda_hub.phone_worker``), queued at
+    its frames, every later one in the phone worker process (``moda_hub.speech.phone_worker``), queued at
     once so that it runs beside stage 1 and rendering (pocketsphinx holds the GIL: a thread
     would not). A segment the worker has not started when it is needed, or that fails there, is
     recognised here instead; either way the rows are the same. Without a worker
@@ -122,10 +114,10 @@ class FeatureTable:
     up to 6 s is one segment, so its table equals ``speech_features(...)`` exactly.
 
     For the encoder kinds (``"whisper-tiny"``) the rows are the ``audio_encoder``'s states
-    (``encoder``, required), computed window by window on demand (``moda_hub.speech_states``).
+    (``encoder``, required), computed window by window on demand (``moda_hub.speech.speech_states``).
 
     Args:
-        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see FEATURE_KINDS),
+        wav ((N,) float32), sample_rate (Hz), fps (model frame rate), kind (see ``kinds.FEATURE_KINDS``),
         encoder (the pipeline's ``audio_encoder``, for the encoder kinds).
 
     Example:
@@ -135,14 +127,10 @@ class FeatureTable:
 
     def __init__(self, wav: np.ndarray, sample_rate: int, fps: float, kind: str = "logmel+phones+opening",
                  encoder=None):
-        import torch
-
         feature_dim(kind)
         self.wav, self.sample_rate, self.fps, self.kind = wav, sample_rate, fps, kind
         self._states = None
         if kind in ENCODER_KINDS:
-            from .speech_states import EncoderStates
-
             if encoder is None:
                 raise ValueError(f"features {kind!r} need the pipeline's audio_encoder component")
             _check_rate(sample_rate)
@@ -163,7 +151,6 @@ class FeatureTable:
         self.tensor = torch.from_numpy(self._array)     # shares memory with the table
         self._futures = [None] * len(self._segments)
         if len(self._segments) > 1:
-            from .phone_worker import shared_worker
             worker = shared_worker()
             if worker is not None:
                 self._futures[1:] = [worker.submit(wav[a:b], sample_rate, fps) for a, b in self._segments[1:]]
@@ -174,8 +161,6 @@ class FeatureTable:
 
     def upto(self, stop: int):
         """The (T, F) float32 tensor with at least rows [0, stop) computed."""
-        from .phones import phone_stream
-
         stop = min(int(stop), self.num_frames)
         if self._states is not None:
             self._states.upto(stop)
@@ -200,8 +185,6 @@ class FeatureTable:
     def _worker_rows(self, k: int):
         """Segment ``k``'s phone-stream rows from the worker, or None: not sent there, taken back
         before the worker started it, or failed there."""
-        from .phone_worker import PhoneWorkerError
-
         fut, self._futures[k] = self._futures[k], None
         if fut is None or fut.cancel():
             return None
@@ -209,6 +192,25 @@ class FeatureTable:
             return fut.result()
         except PhoneWorkerError:
             return None
+
+
+@dataclass
+class PreparedSpeech:
+    """Speech made ready once for any number of calls of one pipeline (e.g. the Space's variations).
+
+    wav: (N,) float32 mono at 16 kHz (what the video carries).
+    features: the :class:`FeatureTable` of ``wav`` at the model's frame rate and feature kind
+    (rows computed on demand and kept, so later calls reuse them).
+    """
+    wav: np.ndarray
+    features: FeatureTable
+
+
+def start_helpers(kind: str) -> None:
+    """Start what computing ``kind`` needs beside the pipeline (the phone worker for the phone
+    kinds), so that it is ready by the first call."""
+    if "phones" in kind:
+        shared_worker()
 
 
 def _cancel(futures) -> None:

@@ -16,25 +16,21 @@ What it is for:
   occupancy, which does not depend on the voice's timbre; :func:`phone_stream`: the same plus
   the unsmoothed table opening, what stage 1 hears).
 
-When the words are known, :func:`align_phones` times the dictionary pronunciation instead
-(forced alignment), which is far more accurate.
-
-Accuracy: allphone phone strings are rough. Measured against forced alignment on espeak-ng
+Accuracy: allphone phone strings are rough. Measured against pocketsphinx forced alignment on espeak-ng
 speech (5 sentences x 3 voices): phone error rate 0.64, viseme class right on 56 % of video
 frames, yet the opening curves of the two correlate at r = 0.81 — silences, closures and open
 vowels come out mostly right. On the real dev clips (``../shared/eval/dev``) the phone opening
 curve correlates with the real mouth aperture at a mean best-lag r of 0.39 (audio RMS: 0.23).
 
-Time convention (the project's, see ``moda_hub.audio``): ``T = round(duration_s * fps)``
+Time convention (the project's, see ``moda_hub.speech.audio``): ``T = round(duration_s * fps)``
 video frames; frame ``k`` is shown during ``[k / fps, (k + 1) / fps)`` and its value is the
-average over that interval (as ``moda_hub.audio.rms_envelope``).
+average over that interval (as ``moda_hub.speech.audio.rms_envelope``).
 
 Speed: :func:`recognize_phones` takes about 0.055 s of CPU per second of audio (a 60 s clip:
-3.3 s CPU, 4 s wall on an idle core of the 2-core dev machine); :func:`align_phones` about
-0.05 s of CPU per second of audio plus ~0.2 s to load the dictionary.
+3.3 s CPU, 4 s wall on an idle core of the 2-core dev machine).
 
 Example:
-    >>> from moda_hub.audio import load_audio                      # doctest: +SKIP
+    >>> from moda_hub.speech.audio import load_audio                      # doctest: +SKIP
     >>> wav = load_audio("speech.wav")                              # (N,) float32, 16 kHz
     >>> recognize_phones(wav)[:2]                        # [('SIL', 0.0, 0.21), ('HH', 0.21, 0.27)]
     >>> phone_opening_curve(wav, 16000, fps=25).shape               # (round(N / 16000 * 25),)
@@ -48,14 +44,14 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from moda_hub.errors import InvalidParameterError
+from moda_hub.options import SAMPLE_RATE  # Hz; the acoustic model's rate (other rates are resampled)
 
 __all__ = [
     "SAMPLE_RATE", "PHONES", "VISEME_OPENING", "VISEME_CLASSES", "PHONE_TO_VISEME",
-    "Phone", "recognize_phones", "align_phones", "phone_opening", "phone_opening_curve",
+    "Phone", "recognize_phones", "phone_opening", "phone_opening_curve",
     "phone_viseme_features", "PHONE_STREAM_COLUMNS", "phone_stream",
 ]
 
-SAMPLE_RATE = 16000          # Hz; the acoustic model's rate (other rates are resampled)
 
 Phone = Tuple[str, float, float]   # (phone, start_s, end_s), seconds from the start of the audio
 
@@ -123,7 +119,7 @@ def recognize_phones(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> List[Ph
     """Phones in speech, with times, by pocketsphinx allphone decoding.
 
     Args:
-        wav: ``(N,)`` float mono samples in [-1, 1] (e.g. from ``moda_hub.audio.load_audio``).
+        wav: ``(N,)`` float mono samples in [-1, 1] (e.g. from ``moda_hub.speech.audio.load_audio``).
         sample_rate: Hz of ``wav``; anything other than 16000 is resampled to 16 kHz.
 
     Returns:
@@ -151,63 +147,6 @@ def recognize_phones(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> List[Ph
         if end > start:
             out.append((_normalise(word), start, end))
     return out
-
-
-def align_phones(wav: np.ndarray, text: str, sample_rate: int = SAMPLE_RATE) -> List[Phone]:
-    """Phones of *known* text, timed by forced alignment (pocketsphinx, CMU dictionary).
-
-    Far more accurate than :func:`recognize_phones` when the words are known (e.g. speech
-    made from text): the phone sequence comes from the dictionary, only the times are
-    decoded. Two passes: word alignment, then phone alignment inside it.
-
-    Args:
-        wav: ``(N,)`` float mono samples in [-1, 1].
-        text: what is said, English words (punctuation is ignored).
-        sample_rate: Hz of ``wav`` (resampled to 16 kHz).
-
-    Returns:
-        list of ``(phone, start_s, end_s)`` in time order, phones from :data:`PHONES`
-        (pauses between words are ``SIL``).
-
-    Raises:
-        InvalidParameterError: a word is not in the dictionary (the message lists them), the
-            text is empty, or the audio does not fit the text.
-    """
-    import re
-
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    if not words:
-        raise InvalidParameterError("text has no words to align — pass the English words spoken")
-    wav = _as_16k(wav, sample_rate)
-    pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-    import pocketsphinx
-
-    # A fresh decoder per call (~0.2 s, the dictionary load) so results never depend on earlier
-    # calls (see _decoder). bestpath=False: forced alignment needs the plain Viterbi path;
-    # lm=None: no n-gram model (the default dictionary gives the pronunciations). Wide beams:
-    # the search space is one sentence, and the default beams lose the path on synthetic
-    # (espeak-ng) voices.
-    dec = pocketsphinx.Decoder(bestpath=False, lm=None, beam=1e-200, wbeam=1e-200, pbeam=1e-200,
-                               lpbeam=1e-200, lponlybeam=1e-200, loglevel="FATAL")
-    oov = sorted({w for w in words if dec.lookup_word(w) is None})
-    if oov:
-        raise InvalidParameterError(f"not in the pronunciation dictionary: {', '.join(oov)} — "
-                                    "spell numbers and names out, or use recognize_phones()")
-    frate = float(dec.config["frate"])
-    try:
-        dec.set_align_text(" ".join(words))
-        dec.start_utt()
-        dec.process_raw(pcm, full_utt=True)
-        dec.end_utt()
-        dec.set_alignment()
-        dec.start_utt()
-        dec.process_raw(pcm, full_utt=True)
-        dec.end_utt()
-        entries = [(p.name, p.start, p.duration) for p in dec.get_alignment().phones()]
-    except RuntimeError as exc:
-        raise InvalidParameterError(f"could not align the audio to the text ({exc}) — check "
-                                    "that the text is what is said") from None
-    return [(_normalise(name), f0 / frate, (f0 + n) / frate) for name, f0, n in entries if n > 0]
 
 
 def phone_opening_curve(wav: np.ndarray, sample_rate: int, fps: float, smooth_frames: float = 1.0,
@@ -335,7 +274,7 @@ def _as_16k(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise InvalidParameterError(f"wav has shape {wav.shape} — pass mono samples (N,), e.g. "
-                                    "moda_hub.audio.load_audio(path)")
+                                    "moda_hub.speech.audio.load_audio(path)")
     if sample_rate != SAMPLE_RATE:
         from math import gcd
 

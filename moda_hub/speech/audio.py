@@ -8,7 +8,7 @@ its features describe the audio centred on ``frame_times(T, fps)[i] = (i + 0.5) 
 
 Example::
 
-    >>> from moda_hub.audio import load_audio, audio_features
+    >>> from moda_hub.speech.audio import load_audio, audio_features
     >>> wav = load_audio("speech.mp3")                 # (N,) float32, 16 kHz mono
     >>> feats = audio_features(wav, 16000, fps=30)     # (round(N / 16000 * 30), 80) float32
 """
@@ -20,11 +20,16 @@ import tempfile
 
 import numpy as np
 
-from moda_hub.errors import AudioDecodeError, InputTooLongError, InvalidParameterError, WeightsError
+from moda_hub.errors import AudioDecodeError, InputTooLongError, InvalidParameterError
+from moda_hub.options import SAMPLE_RATE, GenerateOptions
+from moda_hub.speech.espeak import speak
+from moda_hub.speech.resample import resample
+from moda_hub.video import _ProbeError, decode_audio, probe_media
+
+DEFAULTS = GenerateOptions()
 
 __all__ = [
     "MIN_SECONDS",
-    "Wav2Vec2Features",
     "audio_features",
     "frame_times",
     "load_audio",
@@ -51,14 +56,6 @@ def frame_times(n_frames: int, fps: float) -> np.ndarray:
 
 
 # --- decoding ------------------------------------------------------------------------------
-def resample(wav: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
-    """Band-limited resampling (soxr, high quality) of (N,) or (N, C) float audio."""
-    wav = np.asarray(wav, dtype=np.float32)
-    if from_rate == to_rate or len(wav) == 0:
-        return wav
-    import soxr
-
-    return np.asarray(soxr.resample(wav, from_rate, to_rate, quality="HQ"), dtype=np.float32)
 
 
 def _finish(wav: np.ndarray, what: str, sample_rate: int, max_seconds: float | None) -> np.ndarray:
@@ -145,8 +142,6 @@ def _from_array(arr, input_rate, sample_rate: int, max_seconds: float | None) ->
 
 
 def _from_file(path: str, sample_rate: int, max_seconds: float | None, name: str) -> np.ndarray:
-    from moda_hub.video import _ProbeError, decode_audio, probe_media
-
     if not os.path.exists(path):
         raise AudioDecodeError(f"audio file {name!r} does not exist — check the path")
     if os.path.isdir(path):
@@ -180,7 +175,7 @@ def _from_file(path: str, sample_rate: int, max_seconds: float | None, name: str
     return _finish(wav, repr(name), sample_rate, max_seconds)
 
 
-def load_audio(src, sample_rate: int = 16000, max_seconds: float | None = None, *,
+def load_audio(src, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None, *,
                input_sample_rate: float | None = None) -> np.ndarray:
     """Decode speech from any usual source into (N,) float32 mono samples in [-1, 1].
 
@@ -313,7 +308,7 @@ def _frame_windows(wav: np.ndarray, sample_rate: float, fps: float, win: int, T:
         yield i, view[s - a]
 
 
-def audio_features(wav: np.ndarray, sample_rate: int = 16000, fps: float = 30, n_mels: int = 80,
+def audio_features(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: float = 30, n_mels: int = 80,
                    *, win_seconds: float = 0.064, fmin: float = 20.0, fmax: float | None = 8000.0,
                    top_db: float = 80.0, normalize: bool = True) -> np.ndarray:
     """Log-mel spectrogram with exactly one row per video frame.
@@ -365,7 +360,7 @@ def audio_features(wav: np.ndarray, sample_rate: int = 16000, fps: float = 30, n
     return logmel.astype(np.float32)
 
 
-def rms_envelope(wav: np.ndarray, sample_rate: int = 16000, fps: float = 30) -> np.ndarray:
+def rms_envelope(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: float = 30) -> np.ndarray:
     """(T,) float32 root-mean-square amplitude of the samples in each frame's display
     interval ``[i / fps, (i + 1) / fps)`` (zeros past the end), ``T = num_frames(...)``."""
     wav = _check_wav(wav, sample_rate, fps)
@@ -379,13 +374,13 @@ def rms_envelope(wav: np.ndarray, sample_rate: int = 16000, fps: float = 30) -> 
 
 
 # --- text to speech ------------------------------------------------------------------------
-def synthesize_speech(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, *,
-                      sample_rate: int = 16000, max_seconds: float | None = None,
+def synthesize_speech(text: str, voice: str = DEFAULTS.voice, rate: int = DEFAULTS.speech_rate, pitch: int = 50, *,
+                      sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
                       **speak_options) -> np.ndarray:
     """Speak ``text`` with espeak-ng; (N,) float32 mono at ``sample_rate`` (default 16 kHz).
 
     ``voice`` (``"en-us"``, ``"en-us+f3"``, ``"fr"`` ...), ``rate`` (words per minute, 80..450)
-    and ``pitch`` (0..100) as in :func:`moda_hub.espeak.speak`, which also gives the phoneme
+    and ``pitch`` (0..100) as in :func:`moda_hub.speech.espeak.speak`, which also gives the phoneme
     timeline (its times in seconds hold for the resampled audio too).
 
     Raises:
@@ -394,95 +389,9 @@ def synthesize_speech(text: str, voice: str = "en-us", rate: int = 175, pitch: i
             ``max_seconds``.
         InvalidParameterError: unknown voice or parameter out of range.
     """
-    from moda_hub.espeak import speak
 
     res = speak(text, voice=voice, rate=rate, pitch=pitch, **speak_options)
     if max_seconds is not None and res.duration > max_seconds + 0.05:
         raise InputTooLongError(f"the text takes {res.duration:.1f} s to say, more than the limit "
                                 f"of {max_seconds:g} s — shorten it or speak faster (rate)")
     return resample(res.samples, res.sample_rate, sample_rate)
-
-
-# --- optional learned features -------------------------------------------------------------
-class Wav2Vec2Features:
-    """wav2vec 2.0 encoder features with one row per video frame (optional front-end).
-
-    Loads ``transformers.Wav2Vec2Model`` from a local folder only (``local_files_only=True``;
-    nothing is downloaded). The encoder gives one vector per 20 ms (stride 320 samples at
-    16 kHz, receptive field centred at ``0.02 * j + 0.0125`` s); these are linearly
-    interpolated at the frame centres :func:`frame_times`.
-
-    Args:
-        local_dir: folder with ``config.json`` + weights (``save_pretrained`` output).
-        layer (int | None): hidden layer to return (0 = CNN projection, -1 = last); None =
-            ``last_hidden_state``.
-        device (str, default "cpu").
-        chunk_seconds (float, default 30): long audio is encoded in independent chunks of
-            this length (bounds memory; attention does not cross chunk borders).
-
-    Example::
-
-        >>> feats = Wav2Vec2Features("models/wav2vec2-base")(wav, 16000, fps=30)  # (T, 768)
-    """
-
-    sample_rate = 16000
-
-    def __init__(self, local_dir: str | os.PathLike, layer: int | None = None,
-                 device: str = "cpu", chunk_seconds: float = 30.0):
-        local_dir = os.fspath(local_dir)
-        if not os.path.isfile(os.path.join(local_dir, "config.json")):
-            raise WeightsError(f"no wav2vec2 model in {local_dir!r} (config.json missing) — "
-                               "save one there with Wav2Vec2Model.save_pretrained()")
-        import torch
-        from transformers import Wav2Vec2Model
-
-        try:
-            self.model = Wav2Vec2Model.from_pretrained(local_dir, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise WeightsError(f"cannot load the wav2vec2 model in {local_dir!r} ({err}) — "
-                               "check that its weights are complete") from None
-        self.model.eval().to(device)
-        self.device, self.layer, self.chunk_seconds = device, layer, float(chunk_seconds)
-        self.do_normalize = True
-        pre = os.path.join(local_dir, "preprocessor_config.json")
-        if os.path.isfile(pre):
-            import json
-
-            with open(pre) as f:
-                self.do_normalize = bool(json.load(f).get("do_normalize", True))
-        self._torch = torch
-
-    @property
-    def dim(self) -> int:
-        """Feature size (the model's hidden size)."""
-        return int(self.model.config.hidden_size)
-
-    def __call__(self, wav: np.ndarray, sample_rate: int = 16000, fps: float = 30) -> np.ndarray:
-        """(T, dim) float32 for (N,) mono samples, ``T = num_frames(N, sample_rate, fps)``."""
-        torch = self._torch
-        wav = _check_wav(wav, sample_rate, fps)
-        T = num_frames(len(wav), sample_rate, fps)
-        x = resample(wav, sample_rate, self.sample_rate)
-        chunk = max(int(self.chunk_seconds * self.sample_rate), 400)
-        feats, times = [], []
-        with torch.inference_mode():
-            for start in range(0, len(x), chunk):
-                piece = x[start:start + chunk]
-                if len(piece) < 400:  # shorter than one receptive field: pad
-                    piece = np.pad(piece, (0, 400 - len(piece)))
-                if self.do_normalize:
-                    piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
-                inp = torch.from_numpy(np.ascontiguousarray(piece, np.float32))[None].to(self.device)
-                out = self.model(inp, output_hidden_states=self.layer is not None)
-                h = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
-                h = h[0].float().cpu().numpy()
-                feats.append(h)
-                times.append((start + 320 * np.arange(len(h)) + 200) / self.sample_rate)
-        feats = np.concatenate(feats)
-        times = np.concatenate(times)
-        t = frame_times(T, fps)
-        idx = np.clip(np.searchsorted(times, t) - 1, 0, len(times) - 1)
-        nxt = np.minimum(idx + 1, len(times) - 1)
-        span = np.where(nxt > idx, times[nxt] - times[idx], 1.0)
-        w = np.clip((t - times[idx]) / span, 0.0, 1.0)[:, None]
-        return ((1 - w) * feats[idx] + w * feats[nxt]).astype(np.float32)

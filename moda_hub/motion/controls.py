@@ -53,18 +53,3 @@ def apply_controls(motion: Motion, mouth_scale: float = 1.0, head_motion_scale: 
     out["head"] = motion["head"] * np.float32(scale)
     out["torso"] = motion["torso"] * np.float32(scale)
     return out
-
-
-#: A frame counts as (part of) a blink when its eye openness is below this fraction of the clip's
-#: median openness (the open level). ``moda evaluate``, the corpus statistics and the Space's plot
-#: all count blinks with it.
-BLINK_CLOSED_RATIO = 0.5
-
-
-def count_blinks(eye_openness: np.ndarray, fps: float, closed_ratio: float = BLINK_CLOSED_RATIO) -> int:
-    """Blinks in an eye-openness curve (T,): dips below ``closed_ratio`` x the clip's median
-    openness, counted once per dip."""
-    if len(eye_openness) == 0:
-        return 0
-    closed = eye_openness < closed_ratio * np.median(eye_openness)
-    return int(np.sum(closed[1:] & ~closed[:-1]) + closed[0])

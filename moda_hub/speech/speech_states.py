@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 
-from .models.audio_encoder import MAX_WINDOW_SECONDS, SAMPLE_RATE, STATE_RATE  # noqa: F401 (re-exported)
+from ..models.audio_encoder import SAMPLE_RATE, STATE_RATE, WhisperTinyEncoder
+from ..models.moda import crossfade_weights, window_plan
+from ..options import SHIPPED_MODEL
+from ..weights import load_component
 
 #: Encoder window, seconds (Whisper's table covers 30; a 10 s window costs about a third of 30 s).
 WINDOW_SECONDS = 10.0
@@ -31,8 +33,6 @@ def state_windows(n_states: int, window_seconds: Optional[float] = None, overlap
     """[(s0, s1), ...] state ranges of the encoder windows covering ``n_states`` states
     (``moda_hub.models.moda.window_plan`` with hop ``window - overlap``; defaults
     :data:`WINDOW_SECONDS`, :data:`OVERLAP_SECONDS`)."""
-    from .models.moda import window_plan
-
     window = int(round((WINDOW_SECONDS if window_seconds is None else window_seconds) * STATE_RATE))
     overlap = int(round((OVERLAP_SECONDS if overlap_seconds is None else overlap_seconds) * STATE_RATE))
     return window_plan(n_states, window, window - overlap)
@@ -50,7 +50,6 @@ class EncoderStates:
     """
 
     def __init__(self, wav: np.ndarray, fps: float, encoder, num_frames: Optional[int] = None):
-        from .models.moda import crossfade_weights
 
         self.encoder, self.fps = encoder, float(fps)
         self.num_frames = int(round(len(wav) / SAMPLE_RATE * fps)) if num_frames is None else int(num_frames)
@@ -140,13 +139,7 @@ def default_encoder():
     """The ``audio_encoder`` of the shipped ``pretrained/moda-base`` (loaded once per process,
     float32, eval mode) — for building corpora (``scripts/build_moda_base.py`` puts the encoder it
     builds with here first, so its corpus workers use that one)."""
-    import os
-
-    from .models.audio_encoder import WhisperTinyEncoder
-    from .weights import load_component
-
     if "enc" not in _SHARED:
-        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", "moda-base")
-        enc = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, os.path.join(root, "audio_encoder"))
+        enc = load_component(WhisperTinyEncoder, WhisperTinyEncoder.from_pretrained, SHIPPED_MODEL, "audio_encoder")
         _SHARED["enc"] = enc.float().eval()
     return _SHARED["enc"]
