@@ -8,16 +8,29 @@ Steps (each printed with its time; ``runs/moda-base/build_summary.json`` records
    ``scripts/convert_whisper_encoder.py``) is read from ``--audio-encoder`` (default: the one in
    ``--out``) and written back into the new folder unchanged;
 2. real talking faces: ``moda prepare video`` over ``../shared/train`` (GRID, CREMA-D; the
-   speaker split of ``moda_hub.data.train_footage``: s4, s16, s27 held out for validation),
+   speaker split of ``moda_hub.data.train_footage``: GRID s4, s16, s27 and CREMA-D 1001 held out
+   for validation),
    cached in ``runs/moda-base/real`` (a resumed run skips prepared videos), plus the encoder's
    states of each clip's audio;
 3. the synthetic corpus (espeak-ng voices on the face rig, with the encoder's states) in
    ``runs/moda-base/corpus`` (``--reuse-corpus`` keeps an existing one);
 4. stage 2 (composer) on the synthetic corpus;
 5. stage 1 (``features="whisper-tiny"``) on both: ``--real-share`` of the training windows from
-   the real footage, each real speaker's lip motion scaled to the synthetic corpus's
-   (``moda_hub.training.corpus.normalise_speakers``; the synthetic rig's too), the rest synthetic (head, eyes, blinks and
-   the one-to-many latent, phonetic coverage); validated on the held-out real speakers.
+   the real footage, the rest synthetic (head, eyes, blinks and the one-to-many latent, phonetic
+   coverage); every real speaker's lip motion, and the synthetic rig's, scaled to one amplitude,
+   ``--lip-target`` (``moda_hub.training.corpus.normalise_speakers``); validated on the held-out
+   real speakers.
+
+The lip amplitude. Faces and trackers move lips by different amounts, so each speaker is scaled
+to one amplitude; which one sets how far the generated mouth moves (stage 1 normalises its
+targets, so another target trains the same network with its lips scaled: on the validation
+speakers lip-sync r is unchanged and the movement depth scales with it — measured). Read GRID
+commands move the lips less than freer speech (the held-out CREMA-D actor moves 1.73x as far as
+the median GRID training speaker), so the median real speaker's amplitude (the default) gives a
+mouth that moves too little on conversational speech; ``--lip-target 1.77`` balances the
+validation depth of GRID and CREMA-D (geometric mean 1) but is not the default: with it, lips cross
+(upper inner lip below the lower) on portraits photographed with the mouth open, and lip-sync on
+such faces falls (model_cards/moda-base.md, "Follow-up"). Raise it once the lips cannot cross.
 
 Training runs a fixed number of steps, not a time budget, so the same command gives the same
 weights however busy the machine is (``--max-minutes`` caps a stage's time for quick looks; a
@@ -43,6 +56,13 @@ def main(argv=None):
     ap.add_argument("--footage", default=None, help="real training footage (default ../shared/train)")
     ap.add_argument("--real-share", type=float, default=0.5,
                     help="share of stage-1 training windows from the real footage")
+    ap.add_argument("--lip-target", default="real-median",
+                    help="how far every speaker's lips move in training (see step 5): 'synthetic' (the "
+                         "synthetic rig's amplitude), 'real-median' (the median real training speaker's), or "
+                         "a number: that many times the median real training speaker's (1.77 balances the "
+                         "validation movement depth of read GRID and acted CREMA-D speech, but see the docstring)")
+    ap.add_argument("--reuse-composer", action="store_true",
+                    help="keep the stage-2 composer already trained in --work (development runs)")
     ap.add_argument("--audio-encoder", default=None,
                     help="audio_encoder component folder (default: <out>/audio_encoder)")
     ap.add_argument("--composer-steps", type=int, default=1750)
@@ -57,6 +77,8 @@ def main(argv=None):
                     help="torch threads of the training stages (1: on a 2-core machine shared with other "
                          "jobs, 2 threads ran 5-10x slower than 1, measured 2026-12-05)")
     ap.add_argument("--reuse-corpus", action="store_true", help="keep an existing corpus in --work")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="stop after preparing the real footage and the synthetic corpus (caches in --work)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -67,7 +89,7 @@ def main(argv=None):
     from moda_hub.data.video_dataset import add_encoder_states, prepare_videos
     from moda_hub.models.audio_encoder import WhisperTinyEncoder
     from moda_hub.speech.speech_states import set_default_encoder
-    from moda_hub.training.corpus import MotionCorpus, mix_corpora, normalise_speakers, speaker_lip_scale
+    from moda_hub.training.corpus import MotionCorpus, lip_target, mix_corpora, normalise_speakers, speaker_lip_scale
     from moda_hub.training.train_composer import train_composer
     from moda_hub.training.train_moda import train_moda
     from moda_hub.weights import load_component
@@ -95,9 +117,12 @@ def main(argv=None):
         build_corpus(corpus, hours=args.hours, seed=args.seed, workers=args.workers)
     t_corpus = time.time() - t0
     print(f"corpus: {t_corpus / 60:.1f} min", flush=True)
+    if args.prepare_only:
+        return 0
     # 4. stage 2
-    train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
-                   minutes=args.max_minutes, seed=args.seed, threads=args.threads)
+    if not (args.reuse_composer and os.path.exists(os.path.join(args.work, "composer.metrics.json"))):
+        train_composer(corpus, os.path.join(args.work, "composer"), steps=args.composer_steps,
+                       minutes=args.max_minutes, seed=args.seed, threads=args.threads)
     # 5. stage 1 on real + synthetic, real speakers' lip motion scaled to the synthetic corpus's
     kind = "whisper-tiny"
     synth, synth_val = MotionCorpus(corpus, "train", kind), MotionCorpus(corpus, "val", kind)
@@ -106,12 +131,15 @@ def main(argv=None):
     for c in (real_train, real_val):
         for u in c.utterances:
             u["speaker"] = train_footage.speaker_of(u["speaker"], sources.get(u["speaker"], ""))
-    # every real training speaker's lips, and the synthetic rig's, moved as far as the median real speaker
-    scales = speaker_lip_scale(real_train)
-    target = float(np.median(list(scales.values())))
+    # every real training speaker's lips, and the synthetic rig's, moved as far as --lip-target
+    try:
+        target = lip_target(args.lip_target, speaker_lip_scale(real_train),
+                            speaker_lip_scale(synth, lambda u: "synthetic")["synthetic"])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     factors = normalise_speakers(real_train, target)
     factors["synthetic"] = normalise_speakers(synth, target, lambda u: "synthetic")["synthetic"]
-    print(f"lip motion scaled to the median real speaker's ({target:.4f} canonical units): " + ", ".join(
+    print(f"lip motion scaled to {args.lip_target} ({target:.4f} canonical units): " + ", ".join(
         f"{s} x{f:.2f}" for s, f in sorted(factors.items()) if not s.startswith("grid-")), flush=True)
     train = mix_corpora([synth, real_train], [1 - args.real_share, args.real_share])
     train_moda((train, real_val, synth_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
@@ -127,7 +155,7 @@ def main(argv=None):
     summary = {"corpus_minutes": round(t_corpus / 60, 1), "total_minutes": round((time.time() - t0) / 60, 1),
                "hours": args.hours, "seed": args.seed,
                "composer_steps": args.composer_steps, "moda_steps": args.moda_steps, "max_minutes": args.max_minutes, "real_share": args.real_share,
-               "features": kind, "lip_factors": factors, "ema_decay": args.ema_decay, "torch": torch.__version__,
+               "features": kind, "lip_target": args.lip_target, "lip_factors": factors, "ema_decay": args.ema_decay, "torch": torch.__version__,
                **times}
     for stage in ("composer", "moda"):
         with open(os.path.join(args.work, stage) + ".metrics.json") as f:

