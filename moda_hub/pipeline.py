@@ -30,6 +30,7 @@ from .motion.controls import apply_controls, resample_motion, source_range
 from .options import OPTIONS, SAMPLE_RATE, GenerateOptions, check_speech_source
 from .output_paths import VIDEO, check_output_file
 from .render.crop import default_output_size
+from .render.warp import PreparedPortrait
 from .speech.audio import load_audio, synthesize_speech
 from .speech.features import ENCODER_KINDS, FeatureTable, PreparedSpeech, start_helpers
 from .video import Mp4Writer
@@ -386,7 +387,9 @@ class ModaPipeline(DiffusionPipeline):
         n = session.num_frames
         # full-image output only into the MP4: the writer builds each frame from the photo and the
         # region around the face, so no photo-sized frame is rendered or held (same video)
-        region = getattr(prepared, "paste_region", None) if writer is not None and not frames_needed else None
+        # (the WarpRenderer's portraits only: a NeuralRenderer renders whole frames)
+        region = prepared.paste_region if isinstance(prepared, PreparedPortrait) and writer is not None \
+            and not frames_needed else None
         chunk_frames = frames_per_chunk(prepared, chunk_frames, region)   # full-size frames of a big photo: fewer
         try:
             for start in range(0, n, chunk_frames):

@@ -55,6 +55,12 @@ class CropBox:
         return xy
 
     @property
+    def is_full_image(self) -> bool:
+        """True when the canvas is pasted back into the portrait (scale 1, inside the image)."""
+        return self.scale == 1.0 and self.x0 >= 0 and self.y0 >= 0 and \
+            self.x0 + self.width <= self.image_hw[1] and self.y0 + self.height <= self.image_hw[0]
+
+    @property
     def border_edges(self) -> tuple[bool, bool, bool, bool]:
         """(left, top, right, bottom): canvas edges on or beyond the portrait's border (nothing but
         the background fill lies past them, so the renderer pins them)."""
