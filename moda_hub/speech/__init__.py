@@ -6,6 +6,7 @@
   text -> samples + exact phoneme events.
 - :mod:`~moda_hub.speech.phones`         pocketsphinx phone recognition -> viseme-class rows.
 - :mod:`~moda_hub.speech.phone_worker`   the helper process that runs ``phones`` beside the pipeline.
+- :mod:`~moda_hub.speech.helper_process` stopping those helper processes (close, wait, kill).
 - :mod:`~moda_hub.speech.speech_states`  the audio encoder's states in 10 s windows, cross-faded, at the
   model's frame rate.
 - :mod:`~moda_hub.speech.features`       ``FeatureTable``: the feature kind a ModaModel was trained on,

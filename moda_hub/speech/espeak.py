@@ -51,6 +51,7 @@ import numpy as np
 
 from moda_hub.errors import InputTooLongError, InvalidParameterError, TextToSpeechError
 from moda_hub.options import SPEECH_RATE_RANGE
+from moda_hub.speech.helper_process import stop_helper
 
 __all__ = [
     "LOCK",
@@ -607,15 +608,7 @@ class _Worker:
         return _read_message(self.proc.stdout.fileno(), time.monotonic() + timeout)
 
     def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
+        stop_helper(self.proc)
 
 
 _worker: _Worker | None = None

@@ -32,6 +32,8 @@ from typing import Optional
 
 import numpy as np
 
+from moda_hub.speech.helper_process import stop_helper
+
 PHONE_WORKER_ENV = "MODA_PHONE_WORKER"
 
 # The helper: a bare ``moda_hub`` package object (its __init__ imports torch and diffusers, ~10 s)
@@ -131,14 +133,7 @@ class PhoneWorker:
         self._fail("the phone worker was closed")
         self._ready.set()
         self._todo.put(None)
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        stop_helper(self._proc)
 
     # ------------------------------------------------------------------ threads
     def _write_loop(self) -> None:
