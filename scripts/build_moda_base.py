@@ -71,6 +71,15 @@ def main(argv=None):
                     help="also stop each training stage after this many minutes (quick looks only)")
     ap.add_argument("--ema-decay", type=float, default=0.998,
                     help="stage 1 saves a moving average of its weights (see train_moda)")
+    ap.add_argument("--feature-noise", type=float, default=0.5,
+                    help="stage 1: Gaussian noise on the encoder states, times each column's std")
+    ap.add_argument("--time-masks", type=int, default=0,
+                    help="stage 1: spans of 1-4 frames per training window whose states are masked")
+    ap.add_argument("--reference-shift", type=float, default=0.5,
+                    help="stage 1: share of real-footage windows re-referenced to a random frame of their clip "
+                         "as the portrait (photos taken with the lips apart)")
+    ap.add_argument("--val-speakers", default=None,
+                    help="comma-separated validation speakers (default: moda_hub.data.train_footage.VAL_SPEAKERS)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threads", type=int, default=1,
@@ -105,7 +114,8 @@ def main(argv=None):
     set_default_encoder(encoder)                # the corpus builders' default_encoder()
     # 2. real footage, prepared once (cached), with the encoder's states
     real = os.path.join(args.work, "real")
-    videos, val_names = train_footage.footage(args.footage or train_footage.default_root())
+    val_speakers = tuple(args.val_speakers.split(",")) if args.val_speakers else train_footage.VAL_SPEAKERS
+    videos, val_names = train_footage.footage(args.footage or train_footage.default_root(), val_speakers)
     prepare_videos(videos, real, crop_size=64, val_names=val_names, seed=args.seed, progress=False)
     add_encoder_states(real, encoder)
     times["real_minutes"] = round((time.time() - t0) / 60, 1)
@@ -144,6 +154,7 @@ def main(argv=None):
     train = mix_corpora([synth, real_train], [1 - args.real_share, args.real_share])
     train_moda((train, real_val, synth_val), os.path.join(args.work, "moda"), steps=args.moda_steps,
                minutes=args.max_minutes, seed=args.seed, features=kind, model_kwargs={"lip_input": "all"},
+               feature_noise=args.feature_noise, time_masks=args.time_masks, reference_shift=args.reference_shift,
                ema_decay=args.ema_decay, threads=args.threads)
     pipe = ModaPipeline(moda=ModaModel.from_pretrained(os.path.join(args.work, "moda")),
                         composer=FacialComposer.from_pretrained(os.path.join(args.work, "composer")),
