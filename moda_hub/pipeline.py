@@ -18,7 +18,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .errors import InvalidParameterError, WeightsError
-from .face.expression import relax_expression
+from .face.expression import lip_closure, relax_expression
 from .face.lip_contact import keep_lips_apart
 from .face.pose import apply_head_offset, from_canonical, torso_to_px
 from .face.subject import Subject, prepare_subject
@@ -311,7 +311,9 @@ class ModaPipeline(DiffusionPipeline):
                         cond=torch.from_numpy(subject.canonical.reshape(-1)),
                         extra=torch.tensor([blink_condition(blink_rate)]), latent=latent,
                         num_frames=max(1, int(round(len(wav) / SAMPLE_RATE * fps))), fps=fps,
-                        controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still),
+                        controls=dict(mouth_scale=mouth_scale, head_motion_scale=head_motion_scale, still=still,
+                                      lip_amplitude=float(self.moda.config.lip_amplitude),
+                                      lip_closure=lip_closure(subject.canonical)),
                         blink_closure=closure, closed_eye=closed_eye_offsets(subject.canonical))
 
     @torch.no_grad()

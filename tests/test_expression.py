@@ -95,3 +95,31 @@ def test_expression_scale_is_a_cli_flag_a_batch_column_and_a_space_option(tmp_pa
     rows = read_manifest(manifest)
     assert rows[0].controls["expression_scale"] == 0.25 and "expression_scale" not in rows[1].controls
     assert AnimateOptions().expression_scale == 1.0
+
+
+def test_lip_amplitude_scales_the_opening_from_closed_lips(smiling):
+    """ModaModel.config.lip_amplitude A (apply_controls): lip offsets d become
+    A * d - (A - 1) * closure, the opening measured from the portrait's closed lips scaled: a
+    motion that closes the lips still closes them exactly (no crossing on a portrait taken with the
+    lips apart), the portrait's own pose (d = 0) opens A times as far from closed, A = 1 changes
+    nothing, and mouth_scale 0 still keeps the lips as in the portrait."""
+    from moda_hub.face.expression import lip_closure
+    from moda_hub.motion.controls import apply_controls
+    smiling = prepare_subject(smiling).canonical                             # (478, 3) canonical units
+    closure = lip_closure(smiling)
+    gap = lambda lips: lips[..., 2, 1] - lips[..., 1, 1]                      # noqa: E731  14 below 13 (LIPS 1, 2)
+    assert (topo.LIPS[1], topo.LIPS[2]) == (topo.MOUTH_INNER_TOP, topo.MOUTH_INNER_BOTTOM)
+    rest_gap = smiling[topo.MOUTH_INNER_BOTTOM, 1] - smiling[topo.MOUTH_INNER_TOP, 1]
+    assert rest_gap > 0.02 and abs(gap(smiling[topo.LIPS] + closure)) < 1e-6   # open portrait; closed lips meet
+    rng = np.random.default_rng(0)
+    d = np.stack([closure, np.zeros_like(closure), rng.normal(0, 0.01, closure.shape).astype(np.float32)])
+    motion = {"lip": d, "eye": np.zeros((3, 60, 3), np.float32), "head": np.zeros((3, 7), np.float32),
+              "torso": np.zeros((3, 2), np.float32)}
+    out = apply_controls(motion, lip_amplitude=1.6, lip_closure=closure)["lip"]
+    np.testing.assert_allclose(out[0], closure, atol=1e-6)                    # closed stays closed
+    np.testing.assert_allclose(gap(smiling[topo.LIPS] + out[1]), 1.6 * rest_gap, rtol=1e-5)
+    np.testing.assert_allclose(out[2], 1.6 * d[2] - 0.6 * closure, atol=1e-6)
+    assert np.array_equal(apply_controls(motion, lip_closure=closure)["lip"], d)           # A = 1
+    assert not apply_controls(motion, mouth_scale=0.0, lip_amplitude=1.6, lip_closure=closure)["lip"].any()
+    closed = np.zeros_like(closure)                                           # a closed portrait: A * d
+    np.testing.assert_allclose(apply_controls(motion, lip_amplitude=1.6, lip_closure=closed)["lip"], 1.6 * d)

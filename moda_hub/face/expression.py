@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from moda_hub.face import topology as topo
+from moda_hub.face.lip_contact import LIP_PAIRS
 from moda_hub.face.pose import POSE_POINTS
 from moda_hub.face.template import canonical_template
 
@@ -64,6 +65,27 @@ def neutral_offsets(canonical: np.ndarray) -> np.ndarray:
         out += _spread(c, brow, d, BROW_REACH)
     out[_FIXED] = 0.0
     return out.astype(np.float32)
+
+
+def lip_closure(canonical: np.ndarray) -> np.ndarray:
+    """(40, 3) float32, ``topology.LIPS`` order: the offsets that bring the lips of ``canonical``
+    (478, 3, canonical units, y down) together: each upper inner lip point moves down and its
+    lower partner up by half their gap (``face.lip_contact.LIP_PAIRS``), each outer lip point
+    with its inner partner (lip thickness kept), the corners not at all; zeros where the lips
+    already touch. Upper and lower come from the contour order, not from the corners' height, so
+    a broad smile (corners above the lips' middle) closes too."""
+    c = np.asarray(canonical, np.float64)
+    shift = {}
+    for upper, lower in LIP_PAIRS:
+        gap = max(c[lower, 1] - c[upper, 1], 0.0)
+        shift[int(upper)], shift[int(lower)] = gap / 2, -gap / 2
+    pos = {int(v): i for i, v in enumerate(topo.LIPS)}
+    out = np.zeros((len(topo.LIPS), 3), np.float32)
+    for inner, outer in zip(topo.LIPS_INNER, topo.LIPS_OUTER):   # LIPS_OUTER[i] partners LIPS_INNER[i]
+        dy = shift.get(int(inner), 0.0)
+        out[pos[int(inner)], 1] = dy
+        out[pos[int(outer)], 1] = dy
+    return out
 
 
 def _closed_lips(t: np.ndarray) -> np.ndarray:

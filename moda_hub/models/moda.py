@@ -233,6 +233,11 @@ class ModaModel(ModelMixin, ConfigMixin):
         latent_scale (float, default 1.0): prior samples are N(0, (temperature * latent_scale)^2);
             set after training by ``moda_hub.training.train_moda.calibrate_latent_scale`` so that
             sampled head motion has the spread of the training motion at temperature 1.
+        lip_amplitude (float, default 1.0): how far the generated mouth opens, measured from the
+            portrait's lips brought together, relative to the amplitude it was trained to (every
+            training speaker scaled to one amplitude); applied by the pipeline
+            (``moda_hub.motion.controls.apply_controls``), set after training on the validation
+            speakers (``scripts/build_moda_base.py --lip-amplitude``).
         lip_input (str, default "all"): what SpecAttn (the lips) hears. "all": the shared audio
             encoder over every feature column (ProbAttn hears the same). "phones": a separate
             audio encoder over only the last ``phone_dim`` columns (the pocketsphinx phone
@@ -253,7 +258,8 @@ class ModaModel(ModelMixin, ConfigMixin):
                  n_layers: int = 2, ff_mult: int = 2, latent_dim: int = 8, latent_stride: int = 5,
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
                  window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1,
-                 latent_scale: float = 1.0, lip_input: str = "all", phone_dim: int = 13):
+                 latent_scale: float = 1.0, lip_input: str = "all", phone_dim: int = 13,
+                 lip_amplitude: float = 1.0):
         super().__init__()
         if lip_input not in LIP_INPUTS:
             raise ValueError(f"lip_input={lip_input!r} — use one of {LIP_INPUTS}")

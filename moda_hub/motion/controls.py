@@ -6,7 +6,7 @@ canonical units x3, log-scale], ``torso`` (T, 2) canonical units.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -40,15 +40,27 @@ def resample_motion(motion: Motion, src_fps: float, dst_fps: float, num_frames: 
 
 
 def apply_controls(motion: Motion, mouth_scale: float = 1.0, head_motion_scale: float = 1.0,
-                   still: bool = False) -> Motion:
+                   still: bool = False, lip_amplitude: float = 1.0,
+                   lip_closure: Optional[np.ndarray] = None) -> Motion:
     """User controls on generated motion.
 
-    mouth_scale: multiplies lip offsets (1 = as generated, 0 = lips still).
+    lip_amplitude: the model's calibrated mouth amplitude (``ModaModel.config.lip_amplitude``),
+        applied about the portrait's closed lips: with ``lip_closure`` (40, 3), the offsets that
+        close the portrait's lips (``moda_hub.face.expression.lip_closure``), lip offsets ``d``
+        become ``A * d - (A - 1) * lip_closure`` — the opening measured from closed lips is
+        scaled, so a portrait photographed with the lips apart still closes exactly where the
+        model closes it (scaling the offsets about the portrait's open mouth would push the lips
+        through each other there).
+    mouth_scale: then multiplies lip offsets (1 = as generated, 0 = lips still as in the portrait).
     head_motion_scale: multiplies head-pose and torso offsets.
     still: head and torso fixed at the portrait's pose; eyes, blinks and lips kept.
     """
     out = dict(motion)
-    out["lip"] = motion["lip"] * np.float32(mouth_scale)
+    lip = motion["lip"]
+    if lip_amplitude != 1.0:
+        closure = np.zeros(lip.shape[-2:], np.float32) if lip_closure is None else lip_closure
+        lip = np.float32(lip_amplitude) * lip - np.float32(lip_amplitude - 1.0) * closure
+    out["lip"] = lip * np.float32(mouth_scale)
     scale = 0.0 if still else head_motion_scale
     out["head"] = motion["head"] * np.float32(scale)
     out["torso"] = motion["torso"] * np.float32(scale)

@@ -54,7 +54,11 @@ class MotionCorpus:
     ("whisper-tiny") the stored ``states`` instead (a corpus built before them has none: rebuild
     it, or for a prepared video dataset ``moda_hub.data.video_dataset.add_encoder_states``).
     utterances: list of dicts with "features" (T, F) float32, "lip" (T, 40, 3), "eye" (T, 60, 3),
-    "head" (T, 7), "torso" (T, 2) float32 (contract units), "subject" int, "blink_rate" (per minute).
+    "head" (T, 7), "torso" (T, 2) float32 (contract units), "subject" int, "blink_rate" (per minute),
+    and, where the shard holds every frame's dense offsets (prepared real footage), "dense" (T, 478, 3)
+    float16: the canonical mesh of frame t minus the subject's (its first frame's; ``lip`` and ``eye``
+    are its LIPS and EYES rows) — what re-references an utterance to another portrait frame
+    (``moda_hub.training.train_moda.WindowBatches``).
     subjects: (S, 478, 3) canonical meshes.
     """
 
@@ -93,6 +97,10 @@ class MotionCorpus:
                 if n_phone:
                     u["features"] = np.concatenate([u["features"], d["phones"][a:b, :n_phone].astype(np.float32)], 1)
                 u["subject"] = int(d["subject"][i])
+                if "dense_frames" in d:
+                    rows = np.flatnonzero((d["dense_frames"] >= a) & (d["dense_frames"] < b))
+                    if len(rows) == b - a:                       # every frame's mesh is known
+                        u["dense"] = d["dense"][rows].astype(np.float16)
                 u["id"] = m.get("id", "")
                 u["speaker"] = str(m.get("speaker") or m.get("video") or m.get("voice") or "")
                 # real videos (moda prepare video) record the measured rate; synthetic ones the rig's

@@ -29,11 +29,34 @@ class WindowBatches:
 
     Utterances longer than ``window`` are cropped at a random start; shorter ones are padded
     (``frame_mask`` marks real frames). Deterministic for a given ``seed``.
+
+    ``feature_noise`` adds Gaussian noise of that many times each feature column's standard
+    deviation (over the corpus) to the input features; ``time_masks`` spans of 1 to
+    ``mask_frames`` frames per window have their features replaced by the column means
+    (SpecAugment-style; the targets are kept). Both only regularise what stage 1 hears: it
+    learns from few real speakers, and must not learn their voices.
+
+    ``reference_shift``: the share of windows from utterances whose every frame's mesh is known
+    (prepared real footage) that are re-referenced to a random frame ``r`` of the utterance, as
+    if that frame were the portrait: the condition becomes the canonical mesh of frame ``r`` and
+    the targets their offsets from it (lip, eye, torso: ``x[t] - x[r]``; head pose offsets the
+    same, a small-angle approximation: real heads turn a few degrees). Real clips start with the
+    mouth closed; photos are often taken mid-word or smiling with the lips apart, and stage 1
+    must learn to close such a mouth as far as the speech needs.
     """
 
-    def __init__(self, corpus: MotionCorpus, model: ModaModel, window: int, batch_size: int, seed: int):
+    def __init__(self, corpus: MotionCorpus, model: ModaModel, window: int, batch_size: int, seed: int,
+                 feature_noise: float = 0.0, time_masks: int = 0, mask_frames: int = 4,
+                 reference_shift: float = 0.0):
         self.corpus, self.model, self.window, self.batch_size = corpus, model, window, batch_size
         self.rng = np.random.default_rng(seed)
+        self.feature_noise, self.time_masks, self.mask_frames = feature_noise, time_masks, mask_frames
+        self.reference_shift = reference_shift
+        self.aug_rng = np.random.default_rng([seed, 1])      # its own stream: the same windows either way
+        if feature_noise or time_masks:
+            sample = np.concatenate([u["features"][::7] for u in corpus.utterances]).astype(np.float64)
+            self.feat_mean = sample.mean(0).astype(np.float32)
+            self.feat_std = sample.std(0).astype(np.float32)
         lengths = np.array([len(u["features"]) * u.get("weight", 1.0) for u in corpus.utterances], float)
         self.prob = lengths / lengths.sum()       # a mixed corpus's "weight": its share per frame
 
@@ -54,10 +77,22 @@ class WindowBatches:
             s = int(self.rng.integers(0, max(1, T - W + 1)))
             n = min(W, T - s)
             feats[b, :n] = u["features"][s:s + n]
+            ref = None
+            if self.reference_shift and "dense" in u and self.aug_rng.random() < self.reference_shift:
+                ref = int(self.aug_rng.integers(0, T))
+            if self.feature_noise:
+                feats[b, :n] += (self.aug_rng.standard_normal((n, F)).astype(np.float32)
+                                 * (self.feature_noise * self.feat_std))
+            for _ in range(self.time_masks):
+                w = int(self.aug_rng.integers(1, self.mask_frames + 1))
+                m0 = int(self.aug_rng.integers(0, max(1, n - w + 1)))
+                feats[b, m0:m0 + w] = self.feat_mean
             for p in PARTS:
-                parts[p][b, :n] = u[p][s:s + n].reshape(n, -1)
+                x = u[p][s:s + n] if ref is None else u[p][s:s + n] - u[p][ref]
+                parts[p][b, :n] = x.reshape(n, -1)
             mask[b, :n] = 1
-            cond[b] = self.corpus.subjects[u["subject"]].reshape(-1)
+            subject = self.corpus.subjects[u["subject"]]
+            cond[b] = (subject if ref is None else subject + u["dense"][ref].astype(np.float32)).reshape(-1)
             extra[b, 0] = blink_condition(u["blink_rate"])
         to = torch.from_numpy
         targets = {p: self.model.normalize(p, to(parts[p])) * to(mask)[..., None] for p in PARTS}
@@ -149,7 +184,8 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
                seed: int = 0, init: Optional[str] = None, batch_size: int = 16, window: int = 150,
                lr: float = 1e-3, log_every: int = 50, features: str = "logmel+phones+opening",
                model_kwargs: Optional[dict] = None, threads: Optional[int] = None,
-               ema_decay: Optional[float] = None) -> ModaModel:
+               ema_decay: Optional[float] = None, feature_noise: float = 0.0,
+               time_masks: int = 0, reference_shift: float = 0.0) -> ModaModel:
     """Train stage 1 on the corpus in ``data`` and save it to ``out`` (config.json + safetensors).
 
     data: a corpus folder, or ``(train, val)`` / ``(train, val, calibration)`` :class:`MotionCorpus`
@@ -165,6 +201,8 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
         of the last step's (None = the last step's). moda-base uses 0.998 (a half-life of ~350 of
         its 3000 steps): the same training run, only the saved weights averaged, lifted real-speech
         lip-sync at both seeds measured (seed 0: 0.460 -> 0.465; seed 1: 0.421 -> 0.432).
+    feature_noise, time_masks: input-feature augmentation; reference_shift: windows re-referenced
+        to another portrait frame (:class:`WindowBatches`).
     """
     if minutes is None and steps is None:
         raise ValueError("give --minutes or --steps")
@@ -190,7 +228,9 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
         model.set_statistics(corpus_statistics(train))
     else:
         widened = widen_statistics(model, train)
-    batches = WindowBatches(train, model, window, batch_size, seed + accelerator.process_index)
+    batches = WindowBatches(train, model, window, batch_size, seed + accelerator.process_index,
+                            feature_noise=feature_noise, time_masks=time_masks,
+                            reference_shift=reference_shift)
     total_steps = steps or 10 ** 9
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model, opt = accelerator.prepare(model, opt)
