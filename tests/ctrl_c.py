@@ -15,7 +15,8 @@ def interrupt_when_helpers_run(cmd, cwd, writing_into, helpers: int = 2, timeout
     its video into the folder ``writing_into`` (a hidden ``.moda-*`` temporary appears there: past
     every import, mid-work), then send SIGINT to the whole group. Returns (exit status, stderr)."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_foreground_signals)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
@@ -31,6 +32,13 @@ def interrupt_when_helpers_run(cmd, cwd, writing_into, helpers: int = 2, timeout
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _foreground_signals() -> None:
+    """In the child before exec: Ctrl-C's default action, as a shell gives its foreground job. A
+    test run started as a background job (``make test &``, nohup) inherits SIGINT ignored, and a
+    child that ignores it would finish its work instead of being interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def helper_count(model_dir) -> int:
