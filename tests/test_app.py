@@ -549,6 +549,9 @@ def test_a_burst_of_30_requests_with_dropped_clients_ends_cleanly(tmp_path):
 
     workdir = tmp_path / "burst"
     text = "Hello there, friend."
+    # clients that go away mid-render ask for longer speech, so the render is still running when
+    # the server notices (with the short text it could finish first: then there is nothing to stop)
+    long_text = "Hello there, friend. This request keeps talking for a while, long after its client has gone."
     with running_app(workdir, MODA_MAX_QUEUE=4, MODA_OUTPUT_TTL_MINUTES=0.05, MODA_CONCURRENCY=1) as url:
         raw = RawClient(url)
         portrait = raw.upload(PORTRAIT)
@@ -557,7 +560,8 @@ def test_a_burst_of_30_requests_with_dropped_clients_ends_cleanly(tmp_path):
         outcomes = {}
         with ThreadPoolExecutor(max_workers=10) as pool:
             for wave in range(3):
-                futures = {i: pool.submit(raw.animate, portrait, text, None, drops.get(i), 240.0, cancels.get(i))
+                futures = {i: pool.submit(raw.animate, portrait, long_text if i in drops or i in cancels else text,
+                                          None, drops.get(i), 240.0, cancels.get(i))
                            for i in range(wave * 10, wave * 10 + 10)}
                 outcomes.update({i: f.result() for i, f in futures.items()})
         kinds = {i: o[0] for i, o in outcomes.items()}
