@@ -29,7 +29,9 @@ Steps (each printed with its time; ``runs/moda-base/build_summary.json`` records
    clips but less on the speakers' mean and on CREMA-D), and ``--reference-shift`` (0.5): half the
    real windows re-referenced to a random frame of their clip as the portrait, so stage 1 learns
    to close a mouth photographed open (validation with each clip's widest-open frame as the
-   portrait: 0.739 -> 0.834);
+   portrait: 0.739 -> 0.834). Measured with layer-2 states and kept off: noise 1.0 (validation r
+   0.825 vs 0.826) and ``--footage-copies 2`` (two copies of each real clip at another tape speed
+   through the synthetic corpus's recording chain, ``moda_hub.training.footage_augment``: 0.811);
 6. ``ModaModel.config.lip_amplitude`` = ``--lip-amplitude``, then the pipeline folder.
 
 The lip amplitude. Faces and trackers move lips by different amounts, so each training speaker
