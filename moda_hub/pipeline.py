@@ -140,6 +140,13 @@ class ModaPipeline(DiffusionPipeline):
         if features in ENCODER_KINDS and audio_encoder is None:
             raise WeightsError(f"stage 1 hears {features!r} states but the pipeline has no audio_encoder "
                                "component — load the whole pipeline folder (its audio_encoder/ sub-folder)")
+        if features in ENCODER_KINDS:
+            trained = getattr(moda.config, "audio_state_layer", None)
+            trained = audio_encoder.config.encoder_layers if trained is None else int(trained)
+            if audio_encoder.states_layer() != trained:
+                raise WeightsError(f"stage 1 was trained on the audio encoder's layer-{trained} states but this "
+                                   f"audio_encoder gives layer {audio_encoder.states_layer()} — set its config's "
+                                   f"state_layer to {trained}, or load the pipeline folder they were saved in")
         self.register_modules(moda=moda, composer=composer, renderer=renderer, audio_encoder=audio_encoder)
         start_helpers(features)      # e.g. the phone-recognition helper, so it is ready by the first call
 

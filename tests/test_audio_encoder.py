@@ -113,3 +113,36 @@ def test_no_seams_at_encoder_window_borders(encoder, speech, monkeypatch):
     spikes = _spikes(windowed, single)
     at = {b: round(float(spikes[b - 1]), 4) for b in borders}
     assert max(at.values()) <= bound, f"encoder window borders add steps beyond {bound:.4f}: {at}"
+
+
+def test_state_layer_gives_that_layers_states_and_the_pipeline_refuses_another(encoder, speech):
+    """``state_layer`` k: the residual stream after k transformer layers, normalised per frame (the
+    later layers are not run); stage 1 records the layer it was trained on and a pipeline whose
+    encoder gives another is refused, not run on states it never heard."""
+    from moda_hub import ModaPipeline
+
+    def with_layer(k):
+        cfg = {key: v for key, v in encoder.config.items() if not key.startswith("_")}
+        other = WhisperTinyEncoder(**dict(cfg, state_layer=k)).eval()
+        other.load_state_dict(encoder.state_dict())
+        return other
+
+    full = with_layer(None)
+    seen = []
+    hook = full.encoder.layers[1].register_forward_hook(lambda mod, inp, out: seen.append(out))
+    mel = encoder.log_mel(speech[:16000 * 3])
+    last = full.encode(mel)
+    hook.remove()
+    two = with_layer(2)
+    assert two.states_layer() == 2 and full.states_layer() == encoder.config.encoder_layers
+    np.testing.assert_allclose(two.encode(mel).numpy(), torch.nn.functional.layer_norm(seen[0][0], (384,)).numpy(),
+                               atol=1e-5)
+    assert two.encode(mel).shape == last.shape and not torch.allclose(two.encode(mel), last, atol=0.1)
+    with pytest.raises(ValueError, match="state_layer"):
+        WhisperTinyEncoder(state_layer=encoder.config.encoder_layers + 1)
+    base = ModaPipeline.from_pretrained(MODEL)
+    trained = base.moda.config.audio_state_layer or encoder.config.encoder_layers
+    wrong = with_layer(1 if trained != 1 else 3)
+    with pytest.raises(WeightsError, match=f"layer-{trained} states.*state_layer to {trained}"):
+        ModaPipeline(moda=base.moda, composer=base.composer, renderer=base.renderer, audio_encoder=wrong)
+    ModaPipeline(moda=base.moda, composer=base.composer, renderer=base.renderer, audio_encoder=with_layer(trained))

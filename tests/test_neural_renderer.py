@@ -136,6 +136,48 @@ def test_prepared_video_trains_stage_one_readers(dataset):
     assert len(dense) == manifest["splits"]["val"]["frames"]
 
 
+def test_augmented_footage_copies_retime_the_motion_to_the_new_tape_speed(dataset):
+    """training.footage_augment: each copy of a prepared clip is its audio at another tape speed
+    through the recording chain, encoded again, with the motion resampled to the new tempo."""
+    from moda_hub.data.augment import AugmentConfig
+    from moda_hub.data.augment import resample as tape
+    from moda_hub.speech.speech_states import default_encoder, encoder_features
+    from moda_hub.training.corpus import MotionCorpus
+    from moda_hub.training.footage_augment import augmented_footage, retime
+
+    data, _, _ = dataset
+    enc = default_encoder()
+    originals = {u["id"]: u for u in MotionCorpus(str(data), "train").utterances}
+    copies = augmented_footage(str(data), "train", 2, enc, seed=3, speed_jitter=0.1)
+    assert len(copies) == 2 * len(originals)
+    for u in copies:
+        o = originals[u["id"].split("@")[0]]
+        assert 0.9 <= u["speed"] <= 1.1 and u["subject"] == o["subject"] and u["speaker"] == o["speaker"]
+        assert u["features"].shape == (len(u["lip"]), enc.config.d_model) and np.isfinite(u["features"]).all()
+        assert abs(len(u["lip"]) - len(o["lip"]) / u["speed"]) <= 2
+        assert u["eye"].shape[1:] == (60, 3) and u["head"].shape[1] == 7 and u["dense"].shape[1:] == (478, 3)
+    # seeded: the same copies again, other ones with another seed
+    again = augmented_footage(str(data), "train", 2, enc, seed=3, speed_jitter=0.1)
+    assert all(np.array_equal(a["features"], b["features"]) for a, b in zip(copies, again))
+    assert [u["speed"] for u in augmented_footage(str(data), "train", 2, enc, seed=4)] != [u["speed"] for u in copies]
+    # with a clean chain the copy hears exactly the re-taped clip, and frame j shows the
+    # original at (j + 0.5) * speed - 0.5
+    clean = AugmentConfig(p_clean=1.0, gain_db=(-6.0, -6.0), p_clip=0.0, p_quantize=0.0)
+    u = augmented_footage(str(data), "train", 1, enc, seed=5, speed_jitter=0.1, config=clean)[0]
+    o = originals[u["id"].split("@")[0]]
+    with np.load(data / "shard_0000.npz") as z:
+        wav, frames = z["audio_wav"].astype(np.float32) / 32767.0, z["frame_index"][:len(o["lip"])].astype(float)
+    taped = tape(wav, 16000, 16000, u["speed"])
+    heard = encoder_features(taped * (10 ** (-6 / 20) / (np.abs(taped).max() + 1e-9)), 30, enc)   # at -6 dBFS
+    j0 = int(np.ceil((frames[0] + 0.5) / u["speed"] - 0.5))
+    np.testing.assert_allclose(u["features"], heard[j0:j0 + len(u["features"])], atol=1e-3)
+    pos = (np.arange(j0, j0 + len(u["lip"])) + 0.5) * u["speed"] - 0.5
+    np.testing.assert_allclose(u["lip"], retime(o["lip"], frames, pos), atol=1e-6)
+    ramp = np.arange(10.0)[:, None] * [1.0, -2.0]
+    np.testing.assert_allclose(retime(ramp, np.arange(10.0), np.array([0.0, 2.25, 8.5, 9.0])),
+                               [[0, 0], [2.25, -4.5], [8.5, -17.0], [9.0, -18.0]], atol=1e-6)
+
+
 def test_finetuning_stages_one_and_two_from_the_shipped_weights_fits_the_prepared_video(dataset, tmp_path):
     """`moda train --stage moda|composer --init pretrained/moda-base` on prepared video: it starts from
     the shipped weights (same architecture and normalisation) and lowers their error on that video."""

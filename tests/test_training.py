@@ -139,6 +139,27 @@ def test_the_corpus_serves_each_feature_kind_and_refuses_one_it_cannot(corpus, t
         MotionCorpus(str(old), "val")
 
 
+def test_stage_1_records_the_encoder_layer_its_states_come_from(corpus, tmp_path):
+    """A corpus records which audio-encoder layer its states come from; stage 1 trained on it
+    records the same (``audio_state_layer``: the pipeline refuses an encoder giving another), and
+    corpora of different layers are not mixed."""
+    from moda_hub.speech.speech_states import default_encoder
+    from moda_hub.training.corpus import MotionCorpus, mix_corpora
+    from moda_hub.training.train_moda import train_moda
+
+    train = MotionCorpus(corpus, "train", "whisper-tiny")
+    assert train.states_layer == default_encoder().states_layer()
+    assert MotionCorpus(corpus, "train").states_layer is None            # log-mel + phones: no encoder
+    train_moda(corpus, str(tmp_path / "m"), steps=2, batch_size=2, window=60, features="whisper-tiny",
+               model_kwargs=dict(dim=32, n_layers=1))
+    assert ModaModel.from_pretrained(str(tmp_path / "m")).config.audio_state_layer == train.states_layer
+    other = MotionCorpus(corpus, "val", "whisper-tiny")
+    assert mix_corpora([train, other]).states_layer == train.states_layer
+    other.states_layer = train.states_layer % 4 + 1
+    with pytest.raises(ValueError, match="different encoder layers"):
+        mix_corpora([train, other])
+
+
 def test_composer_training_lowers_the_loss_and_reloads(corpus, tmp_path):
     from moda_hub.training.corpus import DenseFrames
     from moda_hub.training.train_composer import train_composer

@@ -466,17 +466,20 @@ def write_manifest(out_dir: str, records: List[dict], failed: List[dict], crop_s
 
 def add_encoder_states(data_dir: str, encoder=None) -> int:
     """Add ``states`` (the ``audio_encoder``'s Whisper states of each video's audio, one row per
-    stored frame) to the shards of a prepared dataset that lack them; returns how many shards
-    were written. The states are computed over the whole audio, as at inference, then indexed by
-    ``frame_index``."""
+    stored frame) to the shards of a prepared dataset that lack them, or whose states come from
+    another encoder layer (``states_layer``, stored beside them; none stored: the last layer);
+    returns how many shards were written. The states are computed over the whole audio, as at
+    inference, then indexed by ``frame_index``."""
 
     encoder = encoder if encoder is not None else default_encoder()
+    layer = encoder.states_layer()
     written = 0
     for path in sorted(glob.glob(os.path.join(data_dir, "shard_*.npz"))):
         if path.endswith(".tmp.npz"):
             continue
         with np.load(path) as z:
-            if "states" in z.files:
+            stored = int(z["states_layer"]) if "states_layer" in z.files else encoder.config.encoder_layers
+            if "states" in z.files and stored == layer:
                 continue
             d = {k: z[k] for k in z.files}
         wav = d["audio_wav"].astype(np.float32) / 32767.0
@@ -487,6 +490,7 @@ def add_encoder_states(data_dir: str, encoder=None) -> int:
         else:
             states = np.zeros((n, encoder.config.d_model), np.float32)
         d["states"] = states[fi].astype(np.float16)
+        d["states_layer"] = np.int64(layer)
         tmp = path[:-len(".npz")] + ".tmp.npz"
         np.savez(tmp, **d)
         os.replace(tmp, path)

@@ -24,6 +24,8 @@ front end: 25 ms Hann window, 10 ms hop, Slaney mel 0-8 kHz, log10, floor at max
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -97,6 +99,11 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
         n_mels (int, 80), d_model (int, 384), encoder_layers (int, 4),
         encoder_attention_heads (int, 6), encoder_ffn_dim (int, 1536),
         max_source_positions (int, 1500): 30 s of 50 Hz states.
+        state_layer (int or None): which hidden state :meth:`encode` returns — the output of that
+            many transformer layers. ``None`` or ``encoder_layers``: the last layer after Whisper's
+            final LayerNorm (transformers' ``last_hidden_state``); fewer: that layer's residual
+            stream normalised per frame (LayerNorm without gain or bias) and the later layers are
+            not run. Earlier layers keep more of the sound and less of the words.
         source (str): where the weights came from (informational).
 
     Example:
@@ -109,8 +116,11 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, n_mels: int = 80, d_model: int = 384, encoder_layers: int = 4,
                  encoder_attention_heads: int = 6, encoder_ffn_dim: int = 1536,
-                 max_source_positions: int = 1500, source: str = "openai/whisper-tiny"):
+                 max_source_positions: int = 1500, state_layer: Optional[int] = None,
+                 source: str = "openai/whisper-tiny"):
         super().__init__()
+        if state_layer is not None and not 1 <= int(state_layer) <= encoder_layers:
+            raise ValueError(f"state_layer {state_layer!r} — use 1..{encoder_layers} (or None for the last layer)")
         self.encoder = _WhisperEncoder(n_mels, d_model, encoder_layers, encoder_attention_heads,
                                        encoder_ffn_dim, max_source_positions)
         self.register_buffer("mel_basis", torch.from_numpy(mel_filters(n_mels)), persistent=False)
@@ -142,6 +152,11 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
         return self.scale_log_mel(p, float(p.max()) if p.numel() else 0.0)
 
     # ------------------------------------------------------------------ encoder
+    def states_layer(self) -> int:
+        """How many transformer layers the states of :meth:`encode` have passed (``state_layer``,
+        or all of them)."""
+        return int(self.config.encoder_layers if self.config.state_layer is None else self.config.state_layer)
+
     @torch.no_grad()
     def encode(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Hidden states of one window: log-mel (n_mels, N) or (B, n_mels, N), N <= 3000 ->
@@ -159,9 +174,13 @@ class WhisperTinyEncoder(ModelMixin, ConfigMixin):
         h = F.gelu(enc.conv1(x))
         h = F.gelu(enc.conv2(h)).transpose(1, 2)                       # (B, S, C)
         h = h + enc.embed_positions.weight[:h.shape[1]].to(h.dtype)
-        for layer in enc.layers:
+        depth = self.states_layer()
+        for layer in enc.layers[:depth]:
             h = layer(h)
-        h = enc.layer_norm(h).float()
+        if depth == len(enc.layers):
+            h = enc.layer_norm(h).float()
+        else:
+            h = F.layer_norm(h.float(), (h.shape[-1],))
         return h[0] if log_mel.dim() == 2 else h
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:

@@ -238,6 +238,9 @@ class ModaModel(ModelMixin, ConfigMixin):
             training speaker scaled to one amplitude); applied by the pipeline
             (``moda_hub.motion.controls.apply_controls``), set after training on the validation
             speakers (``scripts/build_moda_base.py --lip-amplitude``).
+        audio_state_layer (int or None, default None): for the encoder kinds, which hidden state of
+            the ``audio_encoder`` stage 1 was trained on (its ``state_layer``; None: the last). The
+            pipeline refuses an encoder that gives another one.
         lip_input (str, default "all"): what SpecAttn (the lips) hears. "all": the shared audio
             encoder over every feature column (ProbAttn hears the same). "phones": a separate
             audio encoder over only the last ``phone_dim`` columns (the pocketsphinx phone
@@ -259,7 +262,7 @@ class ModaModel(ModelMixin, ConfigMixin):
                  prob_band: int = 15, extra_cond_dim: int = 1, torso_dim: int = 2,
                  window: int = 300, hop: int = 240, fps: int = 30, dropout: float = 0.1,
                  latent_scale: float = 1.0, lip_input: str = "all", phone_dim: int = 13,
-                 lip_amplitude: float = 1.0):
+                 lip_amplitude: float = 1.0, audio_state_layer: Optional[int] = None):
         super().__init__()
         if lip_input not in LIP_INPUTS:
             raise ValueError(f"lip_input={lip_input!r} — use one of {LIP_INPUTS}")

@@ -12,7 +12,8 @@ the pipeline, the corpus builder and the evaluation all compute them here, so th
   unsmoothed; ``moda_hub.speech.phones.phone_stream``), which the classes lump together.
 
 - ``"whisper-tiny"``: the 384 hidden states of the ``audio_encoder`` component (the encoder of
-  OpenAI Whisper tiny, ``moda_hub.models.audio_encoder``), computed in overlapping windows and
+  OpenAI Whisper tiny, ``moda_hub.models.audio_encoder``; the layer its ``state_layer`` names,
+  which stage 1 records as ``audio_state_layer``), computed in overlapping windows and
   interpolated from 50 Hz to the model's frames (``moda_hub.speech.speech_states``). Trained on real
   voices in ~100 languages: no pocketsphinx, no phone worker.
 

@@ -60,6 +60,9 @@ class MotionCorpus:
     are its LIPS and EYES rows) — what re-references an utterance to another portrait frame
     (``moda_hub.training.train_moda.WindowBatches``).
     subjects: (S, 478, 3) canonical meshes.
+    states_layer: for the encoder kinds, the encoder layer the stored states come from (as the
+    corpus recorded it: ``manifest["features"]["states_layer"]`` of a synthetic corpus, each shard's
+    ``states_layer`` of a prepared video dataset); None when not recorded (built before: the last).
     """
 
     def __init__(self, data_dir: str, split: str, features: str = "logmel+phones+opening"):
@@ -74,8 +77,11 @@ class MotionCorpus:
         self.fps = int(manifest.get("fps", 30))
         self.subjects = _subjects(data_dir) if manifest else None
         self.utterances: List[dict] = []
+        layers = {manifest.get("features", {}).get("states_layer")} if isinstance(manifest.get("features"), dict) else set()
         for d, metas in _shards(data_dir, split):
             fo = d["frame_offsets"]
+            if encoded and "states_layer" in d:
+                layers.add(int(d["states_layer"]))
             if encoded and "states" not in d:
                 raise ValueError(f"corpus {data_dir!r} has no audio-encoder states, features={features!r} "
                                  "needs them — rebuild it (moda prepare synthetic), add them to a prepared "
@@ -108,6 +114,11 @@ class MotionCorpus:
                 self.utterances.append(u)
         if not self.utterances:
             raise ValueError(f"corpus {data_dir!r} has no {split!r} utterances")
+        layers.discard(None)
+        if len(layers) > 1:
+            raise ValueError(f"corpus {data_dir!r} mixes states of encoder layers {sorted(layers)} — recompute "
+                             "them with one encoder (video_dataset.add_encoder_states)")
+        self.states_layer = layers.pop() if encoded and layers else None
         self.feature_dim = self.utterances[0]["features"].shape[1]
 
 
@@ -160,8 +171,12 @@ def mix_corpora(corpora: List[MotionCorpus], shares: Optional[List[float]] = Non
     kinds = {(c.feature_kind, c.fps, c.feature_dim) for c in corpora}
     if len(kinds) != 1:
         raise ValueError(f"corpora to mix must share features and fps, got {sorted(kinds)}")
+    layers = {c.states_layer for c in corpora} - {None}
+    if len(layers) > 1:
+        raise ValueError(f"corpora to mix hold states of different encoder layers {sorted(layers)}")
     out = MotionCorpus.__new__(MotionCorpus)
     out.feature_kind, out.fps, out.feature_dim = corpora[0].feature_kind, corpora[0].fps, corpora[0].feature_dim
+    out.states_layer = layers.pop() if layers else None
     out.subjects = np.concatenate([c.subjects for c in corpora])
     out.utterances = []
     frames = [sum(len(u["features"]) for u in c.utterances) for c in corpora]
