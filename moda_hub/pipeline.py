@@ -141,7 +141,7 @@ class ModaPipeline(DiffusionPipeline):
             raise WeightsError(f"stage 1 hears {features!r} states but the pipeline has no audio_encoder "
                                "component — load the whole pipeline folder (its audio_encoder/ sub-folder)")
         if features in ENCODER_KINDS:
-            trained = getattr(moda.config, "audio_state_layer", None)
+            trained = moda.config.audio_state_layer          # None: trained before it was recorded, the last
             trained = audio_encoder.config.encoder_layers if trained is None else int(trained)
             if audio_encoder.states_layer() != trained:
                 raise WeightsError(f"stage 1 was trained on the audio encoder's layer-{trained} states but this "

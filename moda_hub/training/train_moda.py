@@ -222,9 +222,10 @@ def train_moda(data, out: str, minutes: Optional[float] = None, steps: Optional[
     else:
         train = MotionCorpus(data, "train", features)
         val = MotionCorpus(data, "val", features)
-    layer = getattr(train, "states_layer", None)          # the encoder layer the states come from
-    if init and layer is not None and (model.config.audio_state_layer or layer) != layer:
-        raise ValueError(f"{init!r} was trained on the audio encoder's layer-{model.config.audio_state_layer} "
+    layer = train.states_layer          # the encoder layer the states come from (None: not recorded)
+    trained = model.config.audio_state_layer if init else None
+    if trained is not None and layer is not None and trained != layer:
+        raise ValueError(f"{init!r} was trained on the audio encoder's layer-{trained} "
                          f"states, the corpus holds layer-{layer} ones — recompute them with its encoder")
     if not init:
         kwargs = {"phone_dim": PHONE_COLUMNS[features] or 13, "audio_state_layer": layer, **(model_kwargs or {})}
